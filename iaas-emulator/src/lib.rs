@@ -1,1 +1,3 @@
-//! placeholder
+//! The embedded QingCloud-style IaaS.
+
+pub mod dataplane;

@@ -1,0 +1,234 @@
+//! The seam between the emulator's control plane (store + jobs) and the
+//! machine: one driver per resource kind.
+//!
+//! The job engine calls a driver when a job does real work (attach a disk,
+//! bring an instance's namespace up, program a route, start an LB proxy). A
+//! driver call must be idempotent: after a crash the job engine replays the
+//! unfinished job, and at start it calls `restore` with the persisted state.
+//! Calls are synchronous and may block (they shell out or do file I/O); the
+//! job engine runs them on a blocking thread.
+//!
+//! Without root every kind uses its `Noop` driver, and the emulator says so.
+
+use std::fmt;
+use std::sync::Arc;
+
+use iaas_client::model::{Instance, LoadBalancer, RouterStatic, Vxnet};
+
+/// A data-plane failure; the job fails with ret_code 5000 and this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DataPlaneError(pub String);
+
+impl DataPlaneError {
+    /// Wraps any displayable error with context.
+    pub fn new(context: &str, err: impl fmt::Display) -> Self {
+        DataPlaneError(format!("{context}: {err}"))
+    }
+}
+
+/// Result of a driver call.
+pub type DpResult<T> = Result<T, DataPlaneError>;
+
+/// A persisted attachment, replayed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Volume id.
+    pub volume_id: String,
+    /// Instance id.
+    pub instance_id: String,
+}
+
+/// Block disks: sparse files bound to loop devices.
+pub trait VolumeDriver: Send + Sync + fmt::Debug {
+    /// Creates the backing store of a new volume of `size_gb`.
+    fn create(&self, volume_id: &str, size_gb: u64) -> DpResult<()>;
+    /// Creates a volume as a copy of a snapshot, grown to `size_gb` if larger.
+    fn create_from_snapshot(&self, snapshot_id: &str, volume_id: &str, size_gb: u64) -> DpResult<()>;
+    /// Creates a volume as a copy of another (clone), grown to `size_gb` if larger.
+    fn clone_volume(&self, source_volume_id: &str, volume_id: &str, size_gb: u64) -> DpResult<()>;
+    /// Removes the backing store; a missing one is success.
+    fn delete(&self, volume_id: &str) -> DpResult<()>;
+    /// Attaches to an instance and returns the device path it shows as.
+    fn attach(&self, volume_id: &str, instance_id: &str) -> DpResult<String>;
+    /// Detaches; an already-detached volume is success.
+    fn detach(&self, volume_id: &str, instance_id: &str) -> DpResult<()>;
+    /// Grows to `size_gb`, refreshing an attached device's capacity.
+    fn resize(&self, volume_id: &str, size_gb: u64) -> DpResult<()>;
+    /// Copies the volume into a snapshot.
+    fn snapshot(&self, volume_id: &str, snapshot_id: &str) -> DpResult<()>;
+    /// Removes a snapshot's copy; a missing one is success.
+    fn delete_snapshot(&self, snapshot_id: &str) -> DpResult<()>;
+    /// Re-establishes attachments after a restart; returns `(volume_id, device)` pairs.
+    fn restore(&self, attachments: &[Attachment]) -> DpResult<Vec<(String, String)>>;
+    /// Tears everything down (emulator shutdown with cleanup requested).
+    fn shutdown(&self) -> DpResult<()>;
+}
+
+/// Instances and the VPC: namespaces, a bridge, router statics as kernel routes.
+pub trait NetworkDriver: Send + Sync + fmt::Debug {
+    /// Brings an instance's network up on its vxnet (idempotent).
+    fn instance_up(&self, instance: &Instance, vxnet: &Vxnet) -> DpResult<()>;
+    /// Removes an instance's network (idempotent).
+    fn instance_down(&self, instance_id: &str) -> DpResult<()>;
+    /// Makes the router's applied statics the complete set of its routes.
+    fn apply_router_statics(&self, router_id: &str, statics: &[RouterStatic]) -> DpResult<()>;
+    /// Tears everything down.
+    fn shutdown(&self) -> DpResult<()>;
+}
+
+/// A backend resolved to an address the proxy can dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedBackend {
+    /// Backend id.
+    pub backend_id: String,
+    /// Address to dial (instance private IP, or the resource id itself when it is an IP).
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Weight.
+    pub weight: u32,
+    /// L7 policy id, if any.
+    pub policy_id: String,
+}
+
+/// Everything a proxy needs to serve one load balancer.
+#[derive(Debug, Clone)]
+pub struct LbSpec {
+    /// The LB with its listeners (backends inside listeners).
+    pub lb: LoadBalancer,
+    /// Addresses to bind (EIP addresses or private IPs).
+    pub bind_addresses: Vec<String>,
+    /// Backends per listener id, resolved.
+    pub backends: Vec<(String, Vec<ResolvedBackend>)>,
+    /// Policies with their rules.
+    pub policies: Vec<iaas_client::model::LoadBalancerPolicy>,
+    /// `(certificate id, PEM chain, PEM key)` for https listeners.
+    pub certificates: Vec<(String, String, String)>,
+    /// Allowed source CIDRs (empty: all).
+    pub source_cidrs: Vec<String>,
+}
+
+/// Load-balancer proxies.
+pub trait LbDriver: Send + Sync + fmt::Debug {
+    /// Makes the proxy for this LB match the spec (start, update, keep unchanged listeners).
+    fn apply(&self, spec: &LbSpec) -> DpResult<()>;
+    /// Stops the LB's proxy (idempotent).
+    fn delete(&self, loadbalancer_id: &str) -> DpResult<()>;
+    /// Health of each backend id, as the proxy last probed it: `up` / `down`.
+    fn backend_health(&self, loadbalancer_id: &str) -> Vec<(String, String)>;
+    /// Tears everything down.
+    fn shutdown(&self) -> DpResult<()>;
+}
+
+/// The drivers the emulator runs with.
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    /// Disks.
+    pub volumes: Arc<dyn VolumeDriver>,
+    /// Instances and routes.
+    pub network: Arc<dyn NetworkDriver>,
+    /// Load balancers.
+    pub lbs: Arc<dyn LbDriver>,
+}
+
+impl DataPlane {
+    /// A data plane that does nothing (not root, or a control-plane-only test).
+    pub fn noop() -> Self {
+        DataPlane {
+            volumes: Arc::new(Noop),
+            network: Arc::new(Noop),
+            lbs: Arc::new(Noop),
+        }
+    }
+}
+
+/// The do-nothing driver for every kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Noop;
+
+impl VolumeDriver for Noop {
+    fn create(&self, _: &str, _: u64) -> DpResult<()> {
+        Ok(())
+    }
+    fn create_from_snapshot(&self, _: &str, _: &str, _: u64) -> DpResult<()> {
+        Ok(())
+    }
+    fn clone_volume(&self, _: &str, _: &str, _: u64) -> DpResult<()> {
+        Ok(())
+    }
+    fn delete(&self, _: &str) -> DpResult<()> {
+        Ok(())
+    }
+    fn attach(&self, volume_id: &str, _: &str) -> DpResult<String> {
+        // What a real cloud reports; there is no such device on this machine.
+        Ok(format!("/dev/disk/by-id/virtio-{volume_id}"))
+    }
+    fn detach(&self, _: &str, _: &str) -> DpResult<()> {
+        Ok(())
+    }
+    fn resize(&self, _: &str, _: u64) -> DpResult<()> {
+        Ok(())
+    }
+    fn snapshot(&self, _: &str, _: &str) -> DpResult<()> {
+        Ok(())
+    }
+    fn delete_snapshot(&self, _: &str) -> DpResult<()> {
+        Ok(())
+    }
+    fn restore(&self, attachments: &[Attachment]) -> DpResult<Vec<(String, String)>> {
+        attachments
+            .iter()
+            .map(|a| Ok((a.volume_id.clone(), self.attach(&a.volume_id, &a.instance_id)?)))
+            .collect()
+    }
+    fn shutdown(&self) -> DpResult<()> {
+        Ok(())
+    }
+}
+
+impl NetworkDriver for Noop {
+    fn instance_up(&self, _: &Instance, _: &Vxnet) -> DpResult<()> {
+        Ok(())
+    }
+    fn instance_down(&self, _: &str) -> DpResult<()> {
+        Ok(())
+    }
+    fn apply_router_statics(&self, _: &str, _: &[RouterStatic]) -> DpResult<()> {
+        Ok(())
+    }
+    fn shutdown(&self) -> DpResult<()> {
+        Ok(())
+    }
+}
+
+impl LbDriver for Noop {
+    fn apply(&self, _: &LbSpec) -> DpResult<()> {
+        Ok(())
+    }
+    fn delete(&self, _: &str) -> DpResult<()> {
+        Ok(())
+    }
+    fn backend_health(&self, _: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn shutdown(&self) -> DpResult<()> {
+        Ok(())
+    }
+}
+
+impl DataPlane {
+    /// The drivers this machine supports: real ones as root, `Noop` otherwise.
+    /// Returns the drivers and one human line per kind saying which is in use.
+    pub fn detect(data_dir: &std::path::Path) -> (Self, Vec<String>) {
+        let _ = data_dir;
+        (
+            DataPlane::noop(),
+            vec![
+                "volumes: control plane only (no disk data plane in this build)".to_string(),
+                "network: control plane only (no network data plane in this build)".to_string(),
+                "load balancers: control plane only (no proxy data plane in this build)".to_string(),
+            ],
+        )
+    }
+}

@@ -92,7 +92,10 @@ mod tests {
             retry_class(1400, "lease info not ready yet, please try later"),
             RetryClass::Transient
         );
-        assert_eq!(retry_class(1400, "resource [vol-x] is in use"), RetryClass::Permanent);
+        assert_eq!(
+            retry_class(1400, "resource [vol-x] is in use"),
+            RetryClass::Permanent
+        );
         assert_eq!(retry_class(2100, ""), RetryClass::Permanent);
         assert_eq!(retry_class(1100, ""), RetryClass::Permanent);
     }

@@ -93,7 +93,10 @@ impl Params {
         let mut map = BTreeMap::new();
         for (k, v) in form_pairs(query) {
             if map.len() >= MAX_PARAMS {
-                return Err(ParamError::invalid("*", format!("more than {MAX_PARAMS} parameters")));
+                return Err(ParamError::invalid(
+                    "*",
+                    format!("more than {MAX_PARAMS} parameters"),
+                ));
             }
             map.insert(k, v);
         }
@@ -111,7 +114,10 @@ impl Params {
         V: Into<String>,
     {
         Params {
-            map: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            map: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             prefix: String::new(),
         }
     }
@@ -137,12 +143,16 @@ impl Params {
 
     /// A raw value; empty strings count as absent.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.map.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.map
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// A required string.
     pub fn required(&self, name: &str) -> Result<&str, ParamError> {
-        self.get(name).ok_or_else(|| ParamError::Missing(self.full(name)))
+        self.get(name)
+            .ok_or_else(|| ParamError::Missing(self.full(name)))
     }
 
     /// An optional typed value.
@@ -165,7 +175,8 @@ impl Params {
     where
         T::Err: fmt::Display,
     {
-        self.opt(name)?.ok_or_else(|| ParamError::Missing(self.full(name)))
+        self.opt(name)?
+            .ok_or_else(|| ParamError::Missing(self.full(name)))
     }
 
     /// A 0/1 flag (`true`/`false` also accepted).
@@ -174,7 +185,10 @@ impl Params {
             None => Ok(None),
             Some("1") | Some("true") => Ok(Some(true)),
             Some("0") | Some("false") => Ok(Some(false)),
-            Some(other) => Err(ParamError::invalid(self.full(name), format!("expected 0 or 1, got {other:?}"))),
+            Some(other) => Err(ParamError::invalid(
+                self.full(name),
+                format!("expected 0 or 1, got {other:?}"),
+            )),
         }
     }
 
@@ -185,7 +199,10 @@ impl Params {
         let mut out = Vec::with_capacity(items.len());
         for (idx, rest, value) in items {
             if !rest.is_empty() {
-                return Err(ParamError::invalid(self.full(&format!("{name}.{idx}{rest}")), "unexpected nested field"));
+                return Err(ParamError::invalid(
+                    self.full(&format!("{name}.{idx}{rest}")),
+                    "unexpected nested field",
+                ));
             }
             if !value.is_empty() {
                 out.push(value.to_string());
@@ -200,9 +217,15 @@ impl Params {
         let mut records: BTreeMap<usize, BTreeMap<String, String>> = BTreeMap::new();
         for (idx, rest, value) in self.indexed(name)? {
             let Some(field) = rest.strip_prefix('.') else {
-                return Err(ParamError::invalid(self.full(&format!("{name}.{idx}")), "expected a record with fields"));
+                return Err(ParamError::invalid(
+                    self.full(&format!("{name}.{idx}")),
+                    "expected a record with fields",
+                ));
             };
-            records.entry(idx).or_default().insert(field.to_string(), value.to_string());
+            records
+                .entry(idx)
+                .or_default()
+                .insert(field.to_string(), value.to_string());
         }
         Ok(records
             .into_iter()
@@ -218,7 +241,9 @@ impl Params {
         let head = format!("{name}.");
         let mut out = Vec::new();
         for (k, v) in self.map.range(head.clone()..) {
-            let Some(tail) = k.strip_prefix(&head) else { break };
+            let Some(tail) = k.strip_prefix(&head) else {
+                break;
+            };
             let (idx_str, rest) = match tail.find('.') {
                 Some(p) => tail.split_at(p),
                 None => (tail, ""),
@@ -227,7 +252,12 @@ impl Params {
                 .parse()
                 .ok()
                 .filter(|i| (1..=MAX_LIST_INDEX).contains(i))
-                .ok_or_else(|| ParamError::invalid(self.full(k), format!("list index must be 1..={MAX_LIST_INDEX}")))?;
+                .ok_or_else(|| {
+                    ParamError::invalid(
+                        self.full(k),
+                        format!("list index must be 1..={MAX_LIST_INDEX}"),
+                    )
+                })?;
             out.push((idx, rest, v.as_str()));
         }
         out.sort_by_key(|(i, _, _)| *i);
@@ -289,8 +319,18 @@ mod tests {
         let r = Req {
             loadbalancer: "lb-1",
             listeners: vec![
-                Listener { listener_port: 80, listener_protocol: "tcp", session_sticky: None, forwardfor: true },
-                Listener { listener_port: 443, listener_protocol: "https", session_sticky: Some("x".into()), forwardfor: false },
+                Listener {
+                    listener_port: 80,
+                    listener_protocol: "tcp",
+                    session_sticky: None,
+                    forwardfor: true,
+                },
+                Listener {
+                    listener_port: 443,
+                    listener_protocol: "https",
+                    session_sticky: Some("x".into()),
+                    forwardfor: false,
+                },
             ],
             volumes: vec!["vol-a", "vol-b"],
             empty: vec![],
@@ -332,15 +372,36 @@ mod tests {
     fn errors_name_the_field() {
         let p = Params::parse("listeners.1.listener_port=eighty&size=x").unwrap();
         let e = p.req::<u32>("size").unwrap_err();
-        assert_eq!(e, ParamError::invalid("size", "invalid digit found in string"));
+        assert_eq!(
+            e,
+            ParamError::invalid("size", "invalid digit found in string")
+        );
         let recs = p.records("listeners").unwrap();
         let e = recs[0].req::<u16>("listener_port").unwrap_err();
         assert!(e.to_string().contains("[listeners.1.listener_port]"), "{e}");
         let e = recs[0].required("listener_protocol").unwrap_err();
-        assert_eq!(e.to_string(), "missing parameter [listeners.1.listener_protocol]");
-        assert!(Params::parse("volumes.0=x").unwrap().list("volumes").is_err());
-        assert!(Params::parse("volumes.a=x").unwrap().list("volumes").is_err());
-        assert!(Params::parse("volumes.1.x=x").unwrap().list("volumes").is_err());
+        assert_eq!(
+            e.to_string(),
+            "missing parameter [listeners.1.listener_protocol]"
+        );
+        assert!(
+            Params::parse("volumes.0=x")
+                .unwrap()
+                .list("volumes")
+                .is_err()
+        );
+        assert!(
+            Params::parse("volumes.a=x")
+                .unwrap()
+                .list("volumes")
+                .is_err()
+        );
+        assert!(
+            Params::parse("volumes.1.x=x")
+                .unwrap()
+                .list("volumes")
+                .is_err()
+        );
     }
 
     #[test]

@@ -275,14 +275,23 @@ mod tests {
 
     #[test]
     fn percent_encoding_rules() {
-        assert_eq!(percent_encode("a b+c/d=e:f~g-h_i.j"), "a%20b%2Bc%2Fd%3De%3Af~g-h_i.j");
+        assert_eq!(
+            percent_encode("a b+c/d=e:f~g-h_i.j"),
+            "a%20b%2Bc%2Fd%3De%3Af~g-h_i.j"
+        );
         assert_eq!(percent_encode("é"), "%C3%A9");
         assert_eq!(percent_encode("*"), "%2A");
     }
 
     #[test]
     fn signature_excluded_and_byte_order() {
-        let q = canonical_query(&[("b", "1"), ("signature", "x"), ("B", "2"), ("a.10", "3"), ("a.2", "4")]);
+        let q = canonical_query(&[
+            ("b", "1"),
+            ("signature", "x"),
+            ("B", "2"),
+            ("a.10", "3"),
+            ("a.2", "4"),
+        ]);
         assert_eq!(q, "B=2&a.10=3&a.2=4&b=1");
     }
 
@@ -296,7 +305,8 @@ mod tests {
         assert_eq!(b.len(), 44);
     }
 
-    const TC3_PAYLOAD: &str = r#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
+    const TC3_PAYLOAD: &str =
+        r#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
 
     fn tc3_vector() -> Tc3Request<'static> {
         Tc3Request {
@@ -314,7 +324,11 @@ mod tests {
             sha256_hex(TC3_PAYLOAD.as_bytes()),
             "35e9c5b0e3ae67532d3c9f17ead6c90222632e5b1ff7f6e89887f1398934f064"
         );
-        let s = tc3_sign("AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE", "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE", &tc3_vector());
+        let s = tc3_sign(
+            "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE",
+            "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE",
+            &tc3_vector(),
+        );
         assert_eq!(
             sha256_hex(s.canonical_request.as_bytes()),
             "5ffe6a04c0664d6b969fab9a13bdab201d63ee709638e2749d62a09ca18d7031"
@@ -324,14 +338,28 @@ mod tests {
 
     #[test]
     fn tc3_golden_signatures() {
-        let s = tc3_sign("AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE", "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE", &tc3_vector());
-        assert_eq!(s.signature, "72e494ea809ad7a8c8f7a4507b9bddcbaa8e581f516e8da2f66e2c5a96525168");
+        let s = tc3_sign(
+            "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE",
+            "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE",
+            &tc3_vector(),
+        );
+        assert_eq!(
+            s.signature,
+            "72e494ea809ad7a8c8f7a4507b9bddcbaa8e581f516e8da2f66e2c5a96525168"
+        );
         assert_eq!(
             s.authorization,
             "TC3-HMAC-SHA256 Credential=AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE/2019-02-25/cvm/tc3_request, SignedHeaders=content-type;host, Signature=72e494ea809ad7a8c8f7a4507b9bddcbaa8e581f516e8da2f66e2c5a96525168"
         );
-        let old = tc3_sign("AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE", "Gu5t9xGARNpq86cd98joQYCN3*******", &tc3_vector());
-        assert_eq!(old.signature, "2230eefd229f582d8b1b891af7107b91597240707d778ab3738f756258d7652c");
+        let old = tc3_sign(
+            "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE",
+            "Gu5t9xGARNpq86cd98joQYCN3*******",
+            &tc3_vector(),
+        );
+        assert_eq!(
+            old.signature,
+            "2230eefd229f582d8b1b891af7107b91597240707d778ab3738f756258d7652c"
+        );
     }
 
     #[test]

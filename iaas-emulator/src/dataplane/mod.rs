@@ -15,6 +15,10 @@ use std::sync::Arc;
 
 use iaas_client::model::{Instance, LoadBalancer, RouterStatic, Vxnet};
 
+pub mod disk;
+pub mod lb;
+pub mod network;
+
 /// A data-plane failure; the job fails with ret_code 5000 and this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -44,7 +48,12 @@ pub trait VolumeDriver: Send + Sync + fmt::Debug {
     /// Creates the backing store of a new volume of `size_gb`.
     fn create(&self, volume_id: &str, size_gb: u64) -> DpResult<()>;
     /// Creates a volume as a copy of a snapshot, grown to `size_gb` if larger.
-    fn create_from_snapshot(&self, snapshot_id: &str, volume_id: &str, size_gb: u64) -> DpResult<()>;
+    fn create_from_snapshot(
+        &self,
+        snapshot_id: &str,
+        volume_id: &str,
+        size_gb: u64,
+    ) -> DpResult<()>;
     /// Creates a volume as a copy of another (clone), grown to `size_gb` if larger.
     fn clone_volume(&self, source_volume_id: &str, volume_id: &str, size_gb: u64) -> DpResult<()>;
     /// Removes the backing store; a missing one is success.
@@ -179,7 +188,12 @@ impl VolumeDriver for Noop {
     fn restore(&self, attachments: &[Attachment]) -> DpResult<Vec<(String, String)>> {
         attachments
             .iter()
-            .map(|a| Ok((a.volume_id.clone(), self.attach(&a.volume_id, &a.instance_id)?)))
+            .map(|a| {
+                Ok((
+                    a.volume_id.clone(),
+                    self.attach(&a.volume_id, &a.instance_id)?,
+                ))
+            })
             .collect()
     }
     fn shutdown(&self) -> DpResult<()> {
@@ -221,14 +235,43 @@ impl DataPlane {
     /// The drivers this machine supports: real ones as root, `Noop` otherwise.
     /// Returns the drivers and one human line per kind saying which is in use.
     pub fn detect(data_dir: &std::path::Path) -> (Self, Vec<String>) {
-        let _ = data_dir;
-        (
-            DataPlane::noop(),
-            vec![
-                "volumes: control plane only (no disk data plane in this build)".to_string(),
-                "network: control plane only (no network data plane in this build)".to_string(),
-                "load balancers: control plane only (no proxy data plane in this build)".to_string(),
-            ],
-        )
+        let mut plane = DataPlane::noop();
+        let volumes_line = if disk::supported() {
+            match disk::LoopVolumeDriver::new(data_dir) {
+                Ok(driver) => {
+                    plane.volumes = Arc::new(driver);
+                    "volumes: sparse files on loop devices, linked in /dev/disk/by-id".to_string()
+                }
+                Err(e) => format!("volumes: control plane only (loop driver unavailable: {e})"),
+            }
+        } else {
+            "volumes: control plane only (loop devices need root and losetup)".to_string()
+        };
+        let network_line = if network::supported() {
+            match network::NamespaceNetworkDriver::for_data_dir(data_dir) {
+                Ok(driver) => {
+                    let line = format!(
+                        "network: instances as network namespaces {}-<id> on VPC bridges",
+                        driver.prefix()
+                    );
+                    plane.network = Arc::new(driver);
+                    line
+                }
+                Err(e) => {
+                    format!("network: control plane only (namespace driver unavailable: {e})")
+                }
+            }
+        } else {
+            "network: control plane only (namespaces need root and ip)".to_string()
+        };
+        // Proxies need no privilege: without root the EIP pool is on loopback.
+        let lbs_line = match lb::ProxyLbDriver::new(lb::ProxyOptions::default()) {
+            Ok(driver) => {
+                plane.lbs = Arc::new(driver);
+                "load balancers: tcp/udp/http/https proxies on the LB addresses".to_string()
+            }
+            Err(e) => format!("load balancers: control plane only (proxy unavailable: {e})"),
+        };
+        (plane, vec![volumes_line, network_line, lbs_line])
     }
 }

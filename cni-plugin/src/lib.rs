@@ -1,0 +1,12 @@
+//! A CNI plugin for VPC-routed pods (no encapsulation) and its building blocks.
+//!
+//! Each pod gets a /32 from the node's pod CIDR on a veth pair; the node
+//! routes the /32 to the veth, and the VPC routes the node's pod CIDR to the
+//! node (a route the cloud controller asks the cloud for). See [`plugin`].
+
+pub mod config;
+pub mod error;
+pub mod ipam;
+pub mod net;
+pub mod netns;
+pub mod plugin;

@@ -1,0 +1,433 @@
+//! The kernel side of an attachment, done over netlink in-process.
+//!
+//! Layout of one pod (`ip` notation):
+//! - host: `<host veth> mtu M up`, `rp_filter=2` on it, `ip route replace
+//!   <pod>/32 dev <host veth> scope link`, `net.ipv4.ip_forward=1`;
+//! - pod: `<ifname> mtu M up` with `<pod>/32`, `ip neigh replace 169.254.1.1
+//!   lladdr <host veth MAC> nud permanent`, `ip route replace default via
+//!   169.254.1.1 dev <ifname> onlink`.
+//!
+//! The pod never ARPs for its gateway (the entry is permanent) and the host
+//! needs no proxy ARP and no address on the veth.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use crate::error::{CniResult, io_err, nl_err};
+use crate::netns::Netns;
+
+/// The link-local gateway every pod routes through.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// MTU when the node has no default route to learn it from.
+pub const FALLBACK_MTU: u32 = 1500;
+
+const ENODEV: i32 = 19;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+
+/// The host-side veth name of an attachment: `cse` + 12 hex digits of a hash
+/// of container id and ifname (stable, so DEL finds it without state).
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("cse{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Whether a netlink error means "no such object".
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if matches!(m.raw_code().abs(), ENODEV | ENOENT | ESRCH))
+}
+
+/// A link's index, MAC and MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// Hardware address.
+    pub mac: Vec<u8>,
+    /// MTU.
+    pub mtu: u32,
+}
+
+fn link_info(m: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: m.header.index,
+        mac: Vec::new(),
+        mtu: 0,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::Address(mac) => info.mac = mac.clone(),
+            LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Looks a link up by name; `None` when absent.
+pub async fn find_link(h: &Handle, name: &str) -> CniResult<Option<LinkInfo>> {
+    let mut s = h.link().get().match_name(name.to_string()).execute();
+    match s.try_next().await {
+        Ok(Some(m)) => Ok(Some(link_info(&m))),
+        Ok(None) => Ok(None),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(nl_err(&format!("look up link {name}"), e)),
+    }
+}
+
+/// Formats a MAC as `aa:bb:..`.
+pub fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The MTU of the interface carrying the default route, or [`FALLBACK_MTU`].
+pub async fn uplink_mtu(h: &Handle) -> CniResult<u32> {
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut oif = None;
+    while let Some(r) = routes
+        .try_next()
+        .await
+        .map_err(|e| nl_err("list routes", e))?
+    {
+        if r.header.destination_prefix_length == 0 && r.header.table == 254 {
+            oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if oif.is_some() {
+                break;
+            }
+        }
+    }
+    let Some(index) = oif else {
+        return Ok(FALLBACK_MTU);
+    };
+    let mut s = h.link().get().match_index(index).execute();
+    match s.try_next().await {
+        Ok(Some(m)) => Ok(Some(link_info(&m).mtu)
+            .filter(|m| *m > 0)
+            .unwrap_or(FALLBACK_MTU)),
+        _ => Ok(FALLBACK_MTU),
+    }
+}
+
+/// Sets a sysctl under /proc/sys of the current thread's namespace, writing
+/// only when it differs (a write costs more than a read).
+pub fn sysctl(path: &str, value: &str) -> CniResult<()> {
+    let full = format!("/proc/sys/{path}");
+    if fs::read_to_string(&full).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    fs::write(&full, value).map_err(|e| io_err(&format!("set {path}={value}"), e))
+}
+
+/// What ADD made.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// Host veth name.
+    pub host_ifname: String,
+    /// Host veth MAC.
+    pub host_mac: String,
+    /// Pod interface MAC.
+    pub pod_mac: String,
+    /// MTU applied.
+    pub mtu: u32,
+}
+
+/// Creates the veth pair and programs both ends. `host` and `pod` are
+/// handles whose sockets live in the node's and the pod's namespace.
+pub async fn setup(
+    host: &Handle,
+    pod: &Handle,
+    pod_ns: &Netns,
+    host_ifname: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    mtu: u32,
+) -> CniResult<Attached> {
+    // A leftover of an interrupted earlier ADD for this same attachment.
+    if let Some(old) = find_link(host, host_ifname).await? {
+        delete_index(host, old.index, host_ifname).await?;
+    }
+    if find_link(pod, ifname).await?.is_some() {
+        return Err(crate::error::CniError::new(
+            crate::error::Code::InvalidConfig,
+            format!("interface {ifname} already exists in the container's network namespace"),
+        ));
+    }
+    // The peer is born inside the pod namespace under its final name, so no
+    // rename and no temporary name ever appear on the host. (Creating it
+    // with IFF_UP fails with ENOTCONN: each end is brought up afterwards.)
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(ifname.to_string())
+        .mtu(mtu)
+        .setns_by_fd(pod_ns.fd())
+        .build();
+    let veth = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(host_ifname.to_string())
+        .mtu(mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    host.link()
+        .add(veth)
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("create veth {host_ifname} / {ifname}"), e))?;
+
+    let hostl = find_link(host, host_ifname)
+        .await?
+        .ok_or_else(|| nl_err("find the new host veth", host_ifname))?;
+    host.link()
+        .set(LinkUnspec::new_with_index(hostl.index).up().build())
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("set {host_ifname} up"), e))?;
+    // Loose reverse-path filtering: replies to traffic a pod sends from an
+    // address the node routes elsewhere (a service VIP after DNAT) still pass.
+    sysctl(&format!("net/ipv4/conf/{host_ifname}/rp_filter"), "2")?;
+    sysctl("net/ipv4/ip_forward", "1")?;
+    host.route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(ip, 32)
+                .output_interface(hostl.index)
+                .scope(RouteScope::Link)
+                .build(),
+        )
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("route {ip}/32 dev {host_ifname}"), e))?;
+
+    let podl = find_link(pod, ifname)
+        .await?
+        .ok_or_else(|| nl_err("find the new pod interface", ifname))?;
+    pod.link()
+        .set(LinkUnspec::new_with_index(podl.index).up().build())
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("set {ifname} up in the pod"), e))?;
+    pod.address()
+        .add(podl.index, IpAddr::V4(ip), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("address {ip}/32 on {ifname}"), e))?;
+    pod.neighbours()
+        .add(podl.index, IpAddr::V4(GATEWAY))
+        .link_layer_address(&hostl.mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("neighbour {GATEWAY} on {ifname}"), e))?;
+    pod.route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(GATEWAY)
+                .output_interface(podl.index)
+                .onlink()
+                .build(),
+        )
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("default route via {GATEWAY} on {ifname}"), e))?;
+    Ok(Attached {
+        host_ifname: host_ifname.to_string(),
+        host_mac: mac_string(&hostl.mac),
+        pod_mac: mac_string(&podl.mac),
+        mtu,
+    })
+}
+
+async fn delete_index(h: &Handle, index: u32, name: &str) -> CniResult<()> {
+    match h.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
+        Err(e) => Err(nl_err(&format!("delete link {name}"), e)),
+    }
+}
+
+/// Removes the host veth (and with it the pod end and the host route).
+/// Absent is success.
+pub async fn teardown(host: &Handle, host_ifname: &str) -> CniResult<bool> {
+    match find_link(host, host_ifname).await? {
+        Some(l) => {
+            delete_index(host, l.index, host_ifname).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Cuts an attachment off without waiting for the kernel to free it: the
+/// host veth goes down, which removes its /32 route at once and leaves the
+/// pod end without carrier. Returns the link's index for [`delete_link`],
+/// `None` when there is no such link.
+///
+/// Why: unregistering a network device waits for RCU grace periods, 10-30 ms
+/// on its own, while the attachment is already inert once the link is down.
+pub async fn detach(host: &Handle, host_ifname: &str) -> CniResult<Option<u32>> {
+    let Some(l) = find_link(host, host_ifname).await? else {
+        return Ok(None);
+    };
+    match host
+        .link()
+        .set(LinkUnspec::new_with_index(l.index).down().build())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(Some(l.index)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(nl_err(&format!("set {host_ifname} down"), e)),
+    }
+}
+
+/// Deletes a link by index (indexes are not reused before the 32-bit counter
+/// wraps, so a later ADD's link of the same name is never hit). Absent is success.
+pub async fn delete_link(host: &Handle, index: u32) -> CniResult<()> {
+    delete_index(host, index, &format!("#{index}")).await
+}
+
+/// Compares the live attachment with what ADD made; returns each difference.
+pub async fn inspect(
+    host: &Handle,
+    pod: &Handle,
+    host_ifname: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+) -> CniResult<Vec<String>> {
+    let mut diffs = Vec::new();
+    let hostl = find_link(host, host_ifname).await?;
+    match &hostl {
+        None => diffs.push(format!("host veth {host_ifname} is missing")),
+        Some(l) => {
+            let routes = routes(host).await?;
+            let has = routes.iter().any(|r| {
+                r.header.destination_prefix_length == 32
+                    && has_attr(r, |a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == ip))
+                    && has_attr(r, |a| matches!(a, RouteAttribute::Oif(i) if *i == l.index))
+            });
+            if !has {
+                diffs.push(format!("host route {ip}/32 dev {host_ifname} is missing"));
+            }
+        }
+    }
+    let Some(podl) = find_link(pod, ifname).await? else {
+        diffs.push(format!("interface {ifname} is missing in the container"));
+        return Ok(diffs);
+    };
+    let mut addrs = pod
+        .address()
+        .get()
+        .set_link_index_filter(podl.index)
+        .execute();
+    let mut found = false;
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(|e| nl_err("list addresses", e))?
+    {
+        if a.header.prefix_len == 32
+            && a.attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(v)) if *v == ip))
+        {
+            found = true;
+        }
+    }
+    if !found {
+        diffs.push(format!("address {ip}/32 is missing on {ifname}"));
+    }
+    let has_default = routes(pod).await?.iter().any(|r| {
+        r.header.destination_prefix_length == 0
+            && r.header.table == 254
+            && has_attr(
+                r,
+                |a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(g)) if *g == GATEWAY),
+            )
+            && has_attr(
+                r,
+                |a| matches!(a, RouteAttribute::Oif(i) if *i == podl.index),
+            )
+    });
+    if !has_default {
+        diffs.push(format!(
+            "default route via {GATEWAY} dev {ifname} is missing"
+        ));
+    }
+    if let Some(hl) = &hostl {
+        let mut neighs = pod.neighbours().get().execute();
+        let mut ok = false;
+        while let Some(n) = neighs
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list neighbours", e))?
+        {
+            let dst = n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == GATEWAY));
+            let mac = n
+                .attributes
+                .iter()
+                .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if *m == hl.mac));
+            if n.header.ifindex == podl.index
+                && dst
+                && mac
+                && n.header.state == NeighbourState::Permanent
+            {
+                ok = true;
+            }
+        }
+        if !ok {
+            diffs.push(format!(
+                "permanent neighbour {GATEWAY} lladdr {} on {ifname} is missing",
+                mac_string(&hl.mac)
+            ));
+        }
+    }
+    Ok(diffs)
+}
+
+fn has_attr(r: &RouteMessage, f: impl Fn(&RouteAttribute) -> bool) -> bool {
+    r.attributes.iter().any(f)
+}
+
+async fn routes(h: &Handle) -> CniResult<Vec<RouteMessage>> {
+    h.route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err("list routes", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_fit_and_differ() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a.len(), 15);
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
+    }
+}

@@ -1,0 +1,243 @@
+//! The CNI commands: parse, act, answer with a result or an error JSON.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+
+use crate::config::{CNI_VERSION, Command, Env, NetConf, SUPPORTED_VERSIONS};
+use crate::error::{CniError, CniResult, Code, nl_err};
+use crate::ipam::LeaseStore;
+use crate::net::{self, GATEWAY};
+use crate::netns::Netns;
+
+/// Runs one invocation: `env` from the environment, `stdin` the network
+/// configuration. Returns what to print on stdout on success.
+pub fn run(env: &Env, stdin: &[u8]) -> CniResult<String> {
+    if env.command == Command::Version {
+        return Ok(
+            json!({"cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED_VERSIONS}).to_string(),
+        );
+    }
+    let conf = NetConf::parse(stdin)?;
+    match env.command {
+        Command::Add => add(env, &conf),
+        Command::Del => del(env, &conf).map(|()| String::new()),
+        Command::Check => check(env, &conf).map(|()| String::new()),
+        Command::Gc => gc(&conf).map(|()| String::new()),
+        Command::Status => status(&conf).map(|()| String::new()),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// A single-threaded runtime: every netlink socket is opened on this thread,
+/// which is what lets a socket be opened inside another namespace.
+fn runtime() -> CniResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| crate::error::io_err("start the netlink runtime", e))
+}
+
+/// Opens a netlink handle in the current namespace, driving it on the runtime.
+fn connect() -> CniResult<rtnetlink::Handle> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| nl_err("open a netlink socket", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Opens a netlink handle whose socket lives in `ns`.
+fn connect_in(ns: &Netns) -> CniResult<rtnetlink::Handle> {
+    let _inside = ns.enter()?;
+    connect()
+}
+
+fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
+    let netns_path = env.netns.as_deref().expect("validated: ADD has CNI_NETNS");
+    let pod_ns = Netns::open(netns_path)?;
+    let store = LeaseStore::open(&conf.lease_dir)?;
+    let ip = store.allocate(&conf.pools, &env.container_id, &env.ifname)?;
+    let host_ifname = net::host_veth_name(&env.container_id, &env.ifname);
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
+        let host = connect()?;
+        let pod = connect_in(&pod_ns)?;
+        let mtu = match conf.mtu {
+            Some(m) => m,
+            None => net::uplink_mtu(&host).await?,
+        };
+        match net::setup(&host, &pod, &pod_ns, &host_ifname, &env.ifname, ip, mtu).await {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                // Undo: nothing of a failed ADD may stay behind.
+                let _ = net::teardown(&host, &host_ifname).await;
+                Err(e)
+            }
+        }
+    });
+    let attached = match outcome {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = store.release(&env.container_id, &env.ifname);
+            return Err(e);
+        }
+    };
+    Ok(result_json(conf, env, ip, &attached).to_string())
+}
+
+/// The ADD result in the configuration's version.
+fn result_json(conf: &NetConf, env: &Env, ip: Ipv4Addr, a: &net::Attached) -> Value {
+    let legacy = conf.cni_version.starts_with("0.");
+    let mut ipc =
+        json!({"address": format!("{ip}/32"), "gateway": GATEWAY.to_string(), "interface": 1});
+    if legacy {
+        ipc["version"] = json!("4");
+    }
+    json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            {"name": a.host_ifname, "mac": a.host_mac, "mtu": a.mtu},
+            {"name": env.ifname, "mac": a.pod_mac, "mtu": a.mtu,
+             "sandbox": env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default()}
+        ],
+        "ips": [ipc],
+        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY.to_string()}],
+        "dns": conf.dns.clone().unwrap_or_else(|| json!({})),
+    })
+}
+
+fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
+    // The pod's namespace is never entered: the host end is enough to cut
+    // the attachment, so a vanished namespace changes nothing.
+    let host_ifname = net::host_veth_name(&env.container_id, &env.ifname);
+    let rt = runtime()?;
+    let index = rt.block_on(async {
+        let host = connect()?;
+        net::detach(&host, &host_ifname).await
+    })?;
+    let store = LeaseStore::open(&conf.lease_dir)?;
+    store.release(&env.container_id, &env.ifname)?;
+    if let Some(index) = index
+        && !spawn_reaper(index)
+    {
+        // No helper process: pay the kernel's unregister wait here instead.
+        rt.block_on(async {
+            let host = connect()?;
+            net::delete_link(&host, index).await
+        })?;
+    }
+    Ok(())
+}
+
+/// The argument that turns the plugin binary into the link reaper.
+pub const REAP_ARG: &str = "--reap-link";
+
+/// Starts a detached copy of this binary that deletes the (already down)
+/// link `index` in this namespace; the runtime does not wait for it. Its
+/// stdio is null so the runtime's read of our stdout ends when we exit.
+fn spawn_reaper(index: u32) -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
+    std::process::Command::new(exe)
+        .arg(REAP_ARG)
+        .arg(index.to_string())
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}
+
+/// The reaper's work: delete link `index` in the current namespace.
+pub fn reap_link(index: u32) -> CniResult<()> {
+    runtime()?.block_on(async {
+        let host = connect()?;
+        net::delete_link(&host, index).await
+    })
+}
+
+fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidConfig,
+            "CHECK needs prevResult in the configuration",
+        )
+    })?;
+    let store = LeaseStore::open(&conf.lease_dir)?;
+    let leased = store.find(&env.container_id, &env.ifname)?;
+    let mut diffs = Vec::new();
+    let prev_ip = prev["ips"]
+        .as_array()
+        .and_then(|ips| ips.iter().find_map(|i| i["address"].as_str()))
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .ok_or_else(|| CniError::new(Code::InvalidConfig, "prevResult.ips has no IPv4 address"))?;
+    match leased {
+        None => diffs.push(format!(
+            "no lease for this attachment (prevResult says {prev_ip})"
+        )),
+        Some(ip) if ip != prev_ip => {
+            diffs.push(format!("lease is {ip}, prevResult says {prev_ip}"))
+        }
+        Some(_) => {}
+    }
+    let pod_ns = Netns::open(
+        env.netns
+            .as_deref()
+            .expect("validated: CHECK has CNI_NETNS"),
+    )?;
+    let host_ifname = net::host_veth_name(&env.container_id, &env.ifname);
+    let rt = runtime()?;
+    let live = rt.block_on(async {
+        let host = connect()?;
+        let pod = connect_in(&pod_ns)?;
+        net::inspect(&host, &pod, &host_ifname, &env.ifname, prev_ip).await
+    })?;
+    diffs.extend(live);
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            Code::CheckFailed,
+            "the container's network differs from prevResult",
+        )
+        .with_details(diffs.join("; ")))
+    }
+}
+
+fn gc(conf: &NetConf) -> CniResult<()> {
+    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let store = LeaseStore::open(&conf.lease_dir)?;
+    let freed = store.gc(&valid)?;
+    if freed.is_empty() {
+        return Ok(());
+    }
+    // Interfaces of reclaimed attachments whose DEL never came.
+    let rt = runtime()?;
+    rt.block_on(async {
+        let host = connect()?;
+        for l in freed.iter().filter(|l| !l.container_id.is_empty()) {
+            net::teardown(&host, &net::host_veth_name(&l.container_id, &l.ifname)).await?;
+        }
+        Ok(())
+    })
+}
+
+fn status(conf: &NetConf) -> CniResult<()> {
+    if conf.pools.is_empty() {
+        return Err(CniError::new(
+            Code::NotAvailable,
+            "no pod CIDR is known for this node yet",
+        ));
+    }
+    let store = LeaseStore::open(&conf.lease_dir)?;
+    if store.free_count(&conf.pools)? == 0 {
+        return Err(CniError::new(
+            Code::NotAvailable,
+            "the node's pod range has no free address",
+        ));
+    }
+    Ok(())
+}

@@ -1022,6 +1022,24 @@ async fn node_rejects_bad_paths_and_unstaged_publish() {
         .expect("stats")
         .into_inner();
     assert!(stats.volume_condition.expect("condition").abnormal);
+    // A second call on a volume whose first call is still running (here:
+    // waiting for a device that never appears) is ABORTED at once.
+    let mut first = h.node(0);
+    let req = stage_req("vol-neverattached", &good, mount_cap(""), &HashMap::new());
+    let waiting = tokio::spawn(async move { first.node_stage_volume(req).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (c4, _) = code(
+        n.node_stage_volume(stage_req(
+            "vol-neverattached",
+            &good,
+            mount_cap(""),
+            &HashMap::new(),
+        ))
+        .await,
+    );
+    assert_eq!(c4, Code::Aborted);
+    let (c5, _) = code(waiting.await.expect("join"));
+    assert_eq!(c5, Code::NotFound, "no device ever appeared");
     // Unpublish / unstage of things never done: success.
     node_unpublish(&h, 0, "vol-abc", &h.target("never")).await;
     unstage(&h, 0, "vol-abc", &good).await;

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Environment variable naming the kube-apiserver binary.
@@ -57,6 +57,7 @@ pub struct ControlPlane {
     kubeconfig_path: PathBuf,
     kubeconfig_yaml: String,
     client: kube::Client,
+    pki: Pki,
     dir: tempfile::TempDir,
 }
 
@@ -98,30 +99,35 @@ impl ControlPlane {
         // kube's rustls client uses the process-wide provider; the suite's is ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
 
-        let mut dir = tempfile::Builder::new().prefix("control-plane-").tempdir()?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("control-plane-")
+            .tempdir()?;
         if std::env::var_os(KEEP_DIR_ENV).is_some() {
             dir.disable_cleanup(true);
-            eprintln!("control plane: keeping {} ({KEEP_DIR_ENV} is set)", dir.path().display());
+            eprintln!(
+                "control plane: keeping {} ({KEEP_DIR_ENV} is set)",
+                dir.path().display()
+            );
         }
         let pki = Pki::generate(dir.path())?;
 
-        let etcd_client_port = free_port()?;
-        let etcd_peer_port = free_port()?;
+        let [etcd_client_port, etcd_peer_port, secure_port] = free_ports()?;
         let mut etcd = start_etcd(etcd_bin, dir.path(), etcd_client_port, etcd_peer_port)?;
-        wait_for_port(&mut etcd, etcd_client_port, ETCD_START_TIMEOUT)?;
+        wait_for_port(&mut etcd, etcd_client_port, ETCD_START_TIMEOUT).await?;
 
-        let secure_port = free_port()?;
-        let apiserver = start_apiserver(apiserver_bin, dir.path(), &pki, etcd_client_port, secure_port)?;
+        let apiserver = start_apiserver(
+            apiserver_bin,
+            dir.path(),
+            &pki,
+            etcd_client_port,
+            secure_port,
+        )?;
         let server = format!("https://127.0.0.1:{secure_port}");
-        let kubeconfig_yaml = pki.kubeconfig(&server);
+        let kubeconfig_yaml = pki.kubeconfig(&server, "admin", Some("system:masters"))?;
         let kubeconfig_path = dir.path().join("admin.kubeconfig");
         std::fs::write(&kubeconfig_path, &kubeconfig_yaml)
             .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
-
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig_yaml).context("parsing generated kubeconfig")?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
-        let client = kube::Client::try_from(config).context("building the admin client")?;
+        let client = client_from_yaml(&kubeconfig_yaml).await?;
 
         // Every early return above drops the `Proc`s, which kills them.
         let mut plane = ControlPlane {
@@ -131,6 +137,7 @@ impl ControlPlane {
             kubeconfig_path,
             kubeconfig_yaml,
             client,
+            pki,
             dir,
         };
         plane.wait_ready().await?;
@@ -149,10 +156,18 @@ impl ControlPlane {
                 );
             }
             if let Some(status) = self.etcd.child.try_wait()? {
-                bail!("etcd exited during apiserver start-up with {status}; log tail:\n{}", self.etcd.log_tail());
+                bail!(
+                    "etcd exited during apiserver start-up with {status}; log tail:\n{}",
+                    self.etcd.log_tail()
+                );
             }
             let request = http::Request::get("/readyz").body(Vec::new())?;
-            let last = match tokio::time::timeout(Duration::from_secs(5), self.client.request_text(request)).await {
+            let last = match tokio::time::timeout(
+                Duration::from_secs(5),
+                self.client.request_text(request),
+            )
+            .await
+            {
                 Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
                 Ok(Ok(body)) => body,
                 Ok(Err(e)) => e.to_string(),
@@ -178,6 +193,23 @@ impl ControlPlane {
     /// under test. Valid while `self` lives.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
+    }
+
+    /// A kubeconfig (YAML) for another identity: a fresh client certificate
+    /// with CN `user` and O `group`, e.g. `("system:kube-controller-manager",
+    /// None)` or `("system:node:n1", Some("system:nodes"))`, so binaries
+    /// under test can run with only the rights RBAC grants them.
+    pub fn kubeconfig_for(&self, user: &str, group: Option<&str>) -> anyhow::Result<String> {
+        self.pki.kubeconfig(&self.server, user, group)
+    }
+
+    /// A client for another identity (see [`ControlPlane::kubeconfig_for`]).
+    pub async fn client_for(
+        &self,
+        user: &str,
+        group: Option<&str>,
+    ) -> anyhow::Result<kube::Client> {
+        client_from_yaml(&self.kubeconfig_for(user, group)?).await
     }
 
     /// The admin kubeconfig's YAML text.
@@ -216,11 +248,14 @@ impl Proc {
     fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Proc> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name} ({})", cmd.get_program().to_string_lossy()))?;
+        let child = cmd.spawn().with_context(|| {
+            format!("starting {name} ({})", cmd.get_program().to_string_lossy())
+        })?;
         Ok(Proc { name, child, log })
     }
 
@@ -234,7 +269,9 @@ impl Proc {
             f.read_to_end(&mut buf)?;
             Ok(String::from_utf8_lossy(&buf).into_owned())
         };
-        read().unwrap_or_else(|e| format!("({} log {} unreadable: {e})", self.name, self.log.display()))
+        read().unwrap_or_else(|e| {
+            format!("({} log {} unreadable: {e})", self.name, self.log.display())
+        })
     }
 }
 
@@ -278,22 +315,48 @@ fn binaries() -> Result<(PathBuf, PathBuf), String> {
     Ok((lookup(KUBE_APISERVER_ENV)?, lookup(ETCD_ENV)?))
 }
 
-/// A loopback port that was free a moment ago. Another process could take
-/// it before ours binds; the start-up error then quotes the bind failure.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A client from a kubeconfig's YAML text.
+async fn client_from_yaml(yaml: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(yaml).context("parsing generated kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    kube::Client::try_from(config).context("building a client from the generated kubeconfig")
+}
+
+/// `N` distinct loopback ports that were free a moment ago (all listeners are
+/// held until every port is chosen, so they differ). Another process could
+/// take one before ours binds; the start-up error then quotes the bind
+/// failure from the process's log.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// Waits until something accepts on 127.0.0.1:`port`, failing early with the
 /// log tail if the process exits.
-fn wait_for_port(proc: &mut Proc, port: u16, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_for_port(proc: &mut Proc, port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     loop {
         if let Some(status) = proc.child.try_wait()? {
-            bail!("{} exited during start-up with {status}; log tail:\n{}", proc.name, proc.log_tail());
+            bail!(
+                "{} exited during start-up with {status}; log tail:\n{}",
+                proc.name,
+                proc.log_tail()
+            );
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -303,7 +366,7 @@ fn wait_for_port(proc: &mut Proc, port: u16, timeout: Duration) -> anyhow::Resul
                 proc.log_tail()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -324,7 +387,13 @@ fn start_etcd(bin: &Path, dir: &Path, client_port: u16, peer_port: u16) -> anyho
     Proc::spawn("etcd", cmd, dir.join("etcd.log"))
 }
 
-fn start_apiserver(bin: &Path, dir: &Path, pki: &Pki, etcd_port: u16, secure_port: u16) -> anyhow::Result<Proc> {
+fn start_apiserver(
+    bin: &Path,
+    dir: &Path,
+    pki: &Pki,
+    etcd_port: u16,
+    secure_port: u16,
+) -> anyhow::Result<Proc> {
     let path = |p: &Path| p.display().to_string();
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
@@ -340,8 +409,14 @@ fn start_apiserver(bin: &Path, dir: &Path, pki: &Pki, etcd_port: u16, secure_por
         .arg(format!("--tls-private-key-file={}", path(&pki.serving_key)))
         .arg(format!("--client-ca-file={}", path(&pki.ca_cert)))
         .arg("--service-account-issuer=https://kubernetes.default.svc")
-        .arg(format!("--service-account-key-file={}", path(&pki.sa_public)))
-        .arg(format!("--service-account-signing-key-file={}", path(&pki.sa_key)))
+        .arg(format!(
+            "--service-account-key-file={}",
+            path(&pki.sa_public)
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            path(&pki.sa_key)
+        ))
         .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
         .arg("--authorization-mode=Node,RBAC")
         // No controller-manager runs, so no namespace ever gets its default
@@ -353,7 +428,8 @@ fn start_apiserver(bin: &Path, dir: &Path, pki: &Pki, etcd_port: u16, secure_por
     Proc::spawn("kube-apiserver", cmd, dir.join("kube-apiserver.log"))
 }
 
-/// File paths of the generated PKI plus the PEM text the kubeconfig embeds.
+/// The generated PKI: file paths the apiserver reads, and the CA that signs
+/// client certificates for kubeconfigs.
 #[derive(Debug)]
 struct Pki {
     ca_cert: PathBuf,
@@ -362,20 +438,23 @@ struct Pki {
     sa_key: PathBuf,
     sa_public: PathBuf,
     ca_pem: String,
-    admin_cert_pem: String,
-    admin_key_pem: String,
+    ca: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
     /// A CA, the apiserver's serving cert (127.0.0.1, localhost and the
-    /// in-cluster names), a service-account key pair and an admin client
-    /// cert (CN=admin, O=system:masters), all ECDSA P-256, written to `dir`.
+    /// in-cluster names) and a service-account key pair, all ECDSA P-256,
+    /// written to `dir`.
     fn generate(dir: &Path) -> anyhow::Result<Pki> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::default();
         ca_params.distinguished_name = name("test-control-plane-ca", None);
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let ca = Issuer::new(ca_params, ca_key);
 
@@ -386,20 +465,20 @@ impl Pki {
             "kubernetes.default".to_string(),
             "kubernetes.default.svc".to_string(),
         ])?;
-        serving.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
         // The first address of the service CIDR: the in-cluster `kubernetes` Service.
-        serving.subject_alt_names.push(SanType::IpAddress([10, 96, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress([10, 96, 0, 1].into()));
         serving.distinguished_name = name("kube-apiserver", None);
-        serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        serving.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_cert = serving.signed_by(&serving_key, &ca)?;
-
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::default();
-        admin.distinguished_name = name("admin", Some("system:masters"));
-        admin.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &ca)?;
 
         let sa_key = KeyPair::generate()?;
 
@@ -415,16 +494,29 @@ impl Pki {
             sa_key: write("sa.key", &sa_key.serialize_pem())?,
             sa_public: write("sa.pub", &sa_key.public_key_pem())?,
             ca_pem: ca_cert.pem(),
-            admin_cert_pem: admin_cert.pem(),
-            admin_key_pem: admin_key.serialize_pem(),
+            ca,
         })
     }
 
-    /// A kubeconfig for `server` with every credential embedded, so it stays
-    /// usable if copied elsewhere (e.g. into a namespace's filesystem view).
-    fn kubeconfig(&self, server: &str) -> String {
+    /// A kubeconfig for `server` authenticating as `user` (certificate CN)
+    /// in `group` (O), with every credential embedded so it stays usable if
+    /// copied elsewhere (e.g. into a namespace's filesystem view).
+    fn kubeconfig(&self, server: &str, user: &str, group: Option<&str>) -> anyhow::Result<String> {
+        anyhow::ensure!(!user.is_empty(), "kubeconfig user: must not be empty");
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(user, group);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca)?;
+
         let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
-        format!(
+        // A JSON string is a valid YAML scalar, so any user name is quoted safely.
+        let user = serde_json::to_string(user)?;
+        Ok(format!(
             "apiVersion: v1
 kind: Config
 clusters:
@@ -433,7 +525,7 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: admin
+- name: {user}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
@@ -441,13 +533,13 @@ contexts:
 - name: test
   context:
     cluster: test
-    user: admin
+    user: {user}
 current-context: test
 ",
             ca = b64(&self.ca_pem),
-            cert = b64(&self.admin_cert_pem),
-            key = b64(&self.admin_key_pem),
-        )
+            cert = b64(&cert.pem()),
+            key = b64(&key.serialize_pem()),
+        ))
     }
 }
 

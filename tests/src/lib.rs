@@ -1,7 +1,9 @@
 //! End-to-end helpers shared by the suites in `tests/tests/` and the walk.
 
 pub mod control_plane;
+pub mod cni_walk;
 pub mod iaas_walk;
+pub mod netns;
 pub mod raw;
 pub mod walk;
 
@@ -88,8 +90,9 @@ pub struct EmulatorProcess {
 }
 
 impl EmulatorProcess {
-    /// Starts `iaas-emulator serve` on an ephemeral loopback port and waits
-    /// until it has written its address.
+    /// Starts `iaas-emulator serve` on an ephemeral loopback port, control
+    /// plane only (a SIGKILLed process could not tear its namespaces and loop
+    /// devices down), and waits until it has written its address.
     pub fn spawn(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Self> {
         let addr_file = data_dir.join("addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -97,7 +100,7 @@ impl EmulatorProcess {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--addr-file"])
+            .args(["--control-plane-only", "--listen", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
             .args(extra)
             .stdout(std::process::Stdio::null())

@@ -2,7 +2,9 @@
 //! create, status patch, list and delete against etcd + kube-apiserver.
 //! Skips (one `SKIP:` line) when KUBE_APISERVER / ETCD are not given.
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec,
+};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use suite_tests::control_plane::ControlPlane;
 
@@ -11,7 +13,10 @@ async fn node_and_service_round_trip() -> anyhow::Result<()> {
     let Some(plane) = ControlPlane::start().await? else {
         return Ok(());
     };
-    assert!(plane.kubeconfig_path().is_file(), "kubeconfig for binaries under test is written");
+    assert!(
+        plane.kubeconfig_path().is_file(),
+        "kubeconfig for binaries under test is written"
+    );
     let client = plane.client();
 
     // Node: create, patch status (as a cloud controller would), list, delete.
@@ -33,14 +38,24 @@ async fn node_and_service_round_trip() -> anyhow::Result<()> {
         }
     });
     let patched = nodes
-        .patch_status("cp-test-node", &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(
+            "cp-test-node",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
         .await?;
     let addresses = patched.status.and_then(|s| s.addresses).unwrap_or_default();
     assert_eq!(addresses.len(), 1, "status patch stored: {addresses:?}");
     assert_eq!(addresses[0].address, "192.168.0.10");
 
-    let listed = nodes.list(&ListParams::default().labels("suite-test=control-plane")).await?;
-    let names: Vec<_> = listed.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
+    let listed = nodes
+        .list(&ListParams::default().labels("suite-test=control-plane"))
+        .await?;
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
     assert_eq!(names, ["cp-test-node"]);
 
     // Service: create in `default` (the apiserver bootstraps it) and check a
@@ -67,15 +82,33 @@ async fn node_and_service_round_trip() -> anyhow::Result<()> {
     let created = services.create(&PostParams::default(), &service).await?;
     let spec = created.spec.unwrap_or_default();
     let cluster_ip = spec.cluster_ip.unwrap_or_default();
-    assert!(cluster_ip.starts_with("10.96."), "cluster IP {cluster_ip:?} from the service CIDR");
+    assert!(
+        cluster_ip.starts_with("10.96."),
+        "cluster IP {cluster_ip:?} from the service CIDR"
+    );
     let node_port = spec.ports.unwrap_or_default()[0].node_port;
-    assert!(node_port.is_some(), "a LoadBalancer Service gets a node port");
+    assert!(
+        node_port.is_some(),
+        "a LoadBalancer Service gets a node port"
+    );
 
-    services.delete("cp-test-svc", &DeleteParams::default()).await?;
-    nodes.delete("cp-test-node", &DeleteParams::default()).await?;
+    services
+        .delete("cp-test-svc", &DeleteParams::default())
+        .await?;
+    nodes
+        .delete("cp-test-node", &DeleteParams::default())
+        .await?;
 
     // Both are gone (no finalizers are set, so deletion is immediate).
     assert!(services.get_opt("cp-test-svc").await?.is_none());
     assert!(nodes.get_opt("cp-test-node").await?.is_none());
+
+    // Other identities authenticate by certificate and get only what RBAC
+    // grants: a user in no group may not list nodes.
+    let nobody: Api<Node> = Api::all(plane.client_for("nobody", None).await?);
+    match nobody.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("expected 403 for an unprivileged user, got {other:?}"),
+    }
     Ok(())
 }

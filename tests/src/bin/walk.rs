@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     println!("cloudsuite walk: every component against the embedded IaaS emulator");
     let (data_plane, lines) = DataPlane::detect(&dir);
     let mut config = EmulatorConfig::for_tests(&dir);
-    config.data_plane = data_plane;
+    config.data_plane = data_plane.clone();
     config.instances = args.instances;
     let emulator = Emulator::start(config).await?;
     println!("emulator: {} zone {} (data dir {})", emulator.endpoint(), emulator.zone(), dir.display());
@@ -52,11 +52,37 @@ async fn main() -> anyhow::Result<()> {
 
     suite_tests::iaas_walk::run(&mut walk, &client).await;
 
+    if iaas_emulator::dataplane::network::supported() {
+        match suite_tests::cni_walk::plugin_path() {
+            Ok(plugin) => {
+                let cni = suite_tests::cni_walk::CniWalk { data_dir: dir.clone(), plugin, scratch: temp.path().join("cni") };
+                cni.run(&mut walk, &client).await;
+            }
+            Err(e) => {
+                walk.section("CNI: pods on two nodes, routed by the VPC");
+                walk.skip("pods across nodes", &format!("{e:#}"));
+            }
+        }
+    } else {
+        walk.section("CNI: pods on two nodes, routed by the VPC");
+        walk.skip("pods across nodes", "needs root and iproute2 (instances are network namespaces)");
+    }
+
     print!("{}", walk.summary());
     let stats = emulator.stats();
     let calls: u64 = stats.values().map(|s| s.calls).sum();
     println!("emulator served {calls} calls over {} actions", stats.len());
     emulator.shutdown().await;
+    // The walk's namespaces, loop devices and proxies go with it.
+    for (kind, result) in [
+        ("load balancers", data_plane.lbs.shutdown()),
+        ("volumes", data_plane.volumes.shutdown()),
+        ("network", data_plane.network.shutdown()),
+    ] {
+        if let Err(e) = result {
+            println!("teardown of {kind} failed: {e}");
+        }
+    }
     if !walk.all_passed() {
         std::process::exit(1);
     }

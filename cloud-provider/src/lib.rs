@@ -1,0 +1,19 @@
+//! The cloud-controller-manager for the cloudsuite IaaS.
+//!
+//! - [`config`]: the `--cloud-config` file and the process flags.
+//! - [`provider`]: providerIDs, node/instance matching, addresses, labels (pure).
+//! - [`nodes`]: the node controller (initialisation).
+//! - [`lifecycle`]: the node lifecycle controller (shutdown taint, deletion).
+//! - [`routes`]: the route controller (VPC routes for pod CIDRs).
+//! - [`services`]: the Service controller (type LoadBalancer).
+//! - [`manager`]: wiring: clients, metrics, leader election, shutdown.
+
+pub mod cidr;
+pub mod config;
+pub mod context;
+pub mod lifecycle;
+pub mod nodes;
+pub mod provider;
+pub mod routes;
+
+pub use context::{Context, Error};

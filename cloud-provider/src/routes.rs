@@ -1,0 +1,320 @@
+//! Route controller: one VPC route per node pod CIDR via the node's
+//! InternalIP, as router statics of type 9 on the configured router.
+//!
+//! Each sync reads the router's statics once, adds the missing routes in one
+//! AddRouterStatics, deletes stale routes (only inside `cluster_cidr` and
+//! only ones this cluster owns, by name prefix) in one DeleteRouterStatics,
+//! applies both with one UpdateRouters, then sets `NetworkUnavailable=False`
+//! (reason RouteCreated) on nodes whose routes exist. A sync where nothing
+//! changed makes no cloud writes and no Node writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use iaas_client::actions::{
+    AddRouterStatics, DeleteRouterStatics, DescribeRouterStatics, RouterStaticSpec, UpdateRouters,
+};
+use iaas_client::model::{RouterStatic, STATIC_TYPE_ROUTE};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use suite_runtime::Shutdown;
+
+use crate::cidr::Cidr;
+use crate::context::{Context, Error};
+use crate::provider;
+
+/// Controller name (metrics, logs).
+pub const NAME: &str = "route";
+
+/// Name prefix of the routes cluster `cluster_id` owns.
+pub fn route_prefix(cluster_id: &str) -> String {
+    format!("k8s-route:{cluster_id}:")
+}
+
+/// Name of a node's route (the prefix plus the node name).
+pub fn route_name(cluster_id: &str, node: &str) -> String {
+    format!("{}{node}", route_prefix(cluster_id))
+}
+
+/// A route that should exist.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DesiredRoute {
+    /// Node name.
+    pub node: String,
+    /// Pod CIDR.
+    pub cidr: Cidr,
+    /// The node's InternalIP.
+    pub next_hop: String,
+}
+
+/// The routes nodes need: one per IPv4 pod CIDR (the VPC is IPv4) with an
+/// InternalIP to route to. Nodes without either are skipped (not yet ready
+/// for routing). Malformed CIDRs are skipped with a warning.
+pub fn desired_routes(nodes: &[Node]) -> Vec<DesiredRoute> {
+    let mut out = Vec::new();
+    for n in nodes {
+        if n.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(ip) = provider::internal_ip(n) else { continue };
+        let spec = n.spec.as_ref();
+        let mut cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        if cidrs.is_empty()
+            && let Some(c) = spec.and_then(|s| s.pod_cidr.clone())
+        {
+            cidrs.push(c);
+        }
+        for c in cidrs {
+            match c.parse::<Cidr>() {
+                Ok(cidr) if cidr.is_ipv4() => out.push(DesiredRoute {
+                    node: n.name_any(),
+                    cidr,
+                    next_hop: ip.to_string(),
+                }),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = %n.name_any(), error = %e, "ignoring pod CIDR"),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The difference between desired routes and the router's statics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Routes to add.
+    pub add: Vec<DesiredRoute>,
+    /// Static ids to delete (owned, inside the cluster CIDR, not desired).
+    pub delete: Vec<String>,
+    /// Nodes all of whose routes exist once the plan is applied.
+    pub routed: BTreeSet<String>,
+    /// Routes not added because a static this cluster does not own already
+    /// claims the CIDR with another next hop (never overwritten).
+    pub conflicts: Vec<(DesiredRoute, String)>,
+}
+
+impl RoutePlan {
+    /// Whether the plan writes anything to the cloud.
+    pub fn is_noop(&self) -> bool {
+        self.add.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// Plans routes (pure). `statics` may contain any type; only type 9 counts.
+pub fn plan_routes(
+    desired: &[DesiredRoute],
+    statics: &[RouterStatic],
+    cluster_cidr: &Cidr,
+    cluster_id: &str,
+) -> RoutePlan {
+    let prefix = route_prefix(cluster_id);
+    let routes: Vec<&RouterStatic> = statics
+        .iter()
+        .filter(|s| s.static_type == STATIC_TYPE_ROUTE)
+        .collect();
+    let parse = |s: &RouterStatic| s.val1.parse::<Cidr>().ok();
+    let mut plan = RoutePlan::default();
+    let wanted: BTreeSet<(Cidr, &str)> = desired.iter().map(|d| (d.cidr, d.next_hop.as_str())).collect();
+    // Stale: ours, inside the cluster CIDR, not wanted (a changed next hop is stale too).
+    let mut deleted: BTreeSet<&str> = BTreeSet::new();
+    for s in &routes {
+        if !s.router_static_name.starts_with(&prefix) {
+            continue;
+        }
+        let Some(c) = parse(s) else { continue };
+        if cluster_cidr.contains(&c) && !wanted.contains(&(c, s.val2.as_str())) {
+            plan.delete.push(s.router_static_id.clone());
+            deleted.insert(s.router_static_id.as_str());
+        }
+    }
+    let mut node_ok: BTreeMap<&str, bool> = BTreeMap::new();
+    for d in desired {
+        let live = routes
+            .iter()
+            .filter(|s| !deleted.contains(s.router_static_id.as_str()))
+            .filter(|s| parse(s) == Some(d.cidr));
+        let mut present = false;
+        let mut conflict = None;
+        for s in live {
+            if s.val2 == d.next_hop {
+                present = true;
+            } else {
+                conflict = Some(s.router_static_id.clone());
+            }
+        }
+        let ok = if present {
+            true
+        } else if let Some(id) = conflict {
+            plan.conflicts.push((d.clone(), id));
+            false
+        } else {
+            plan.add.push(d.clone());
+            true
+        };
+        let e = node_ok.entry(d.node.as_str()).or_insert(true);
+        *e = *e && ok;
+    }
+    plan.routed = node_ok
+        .into_iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    plan.delete.sort();
+    plan
+}
+
+/// Whether the node already says `NetworkUnavailable=False` (RouteCreated).
+pub fn has_route_condition(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False" && c.reason.as_deref() == Some("RouteCreated"))
+}
+
+/// Runs the controller until `shutdown`: a sync every `period`, and soon
+/// after any change of a node's pod CIDRs or InternalIP (heartbeats and
+/// other status churn do not trigger syncs).
+pub async fn run(ctx: Arc<Context>, period: Duration, shutdown: Shutdown) {
+    let (Some(_), Some(_)) = (&ctx.config.router_id, &ctx.config.cluster_cidr) else {
+        tracing::info!("route controller disabled: router_id/cluster_cidr not configured");
+        return;
+    };
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let watch = tokio::spawn(watch_routing_inputs(ctx.kube.clone(), changed.clone()));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = changed.notified() => {
+                // Let a burst of node changes settle into one sync.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ = shutdown.wait() => break,
+        }
+        match sync(&ctx).await {
+            Ok(_) => ctx.metrics.record(NAME, "ok"),
+            Err(e) => {
+                ctx.metrics.record(NAME, e.metric_label());
+                tracing::warn!(error = %e, "route sync failed");
+            }
+        }
+    }
+    watch.abort();
+}
+
+async fn watch_routing_inputs(kube: kube::Client, changed: Arc<tokio::sync::Notify>) {
+    let api: Api<Node> = Api::all(kube);
+    let mut seen: BTreeMap<String, (Vec<String>, Option<String>)> = BTreeMap::new();
+    let key = |n: &Node| {
+        let spec = n.spec.as_ref();
+        let mut cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        if let Some(c) = spec.and_then(|s| s.pod_cidr.clone()) {
+            cidrs.push(c);
+        }
+        (cidrs, provider::internal_ip(n).map(str::to_string))
+    };
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    while let Some(ev) = stream.next().await {
+        let fire = match ev {
+            Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
+                let k = key(&n);
+                seen.insert(n.name_any(), k.clone()) != Some(k)
+            }
+            Ok(watcher::Event::Delete(n)) => seen.remove(&n.name_any()).is_some(),
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "node watch error (retried)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                false
+            }
+        };
+        if fire {
+            changed.notify_one();
+        }
+    }
+}
+
+/// One route sync; returns the plan it applied.
+pub async fn sync(ctx: &Context) -> Result<RoutePlan, Error> {
+    let cfg = &ctx.config;
+    let (Some(router), Some(cluster_cidr)) = (&cfg.router_id, &cfg.cluster_cidr) else {
+        return Ok(RoutePlan::default());
+    };
+    let api: Api<Node> = Api::all(ctx.kube.clone());
+    let nodes = api.list(&ListParams::default()).await?.items;
+    let statics = ctx
+        .cloud
+        .describe_router_statics_all(&DescribeRouterStatics {
+            router: Some(router.clone()),
+            static_type: Some(STATIC_TYPE_ROUTE),
+            ..Default::default()
+        })
+        .await?;
+    let desired = desired_routes(&nodes);
+    let plan = plan_routes(&desired, &statics, cluster_cidr, &cfg.cluster_id);
+    for (d, id) in &plan.conflicts {
+        tracing::warn!(node = %d.node, cidr = %d.cidr, existing = %id, "pod CIDR already routed elsewhere by a static this cluster does not own; not touching it");
+    }
+    if !plan.is_noop() {
+        if !plan.delete.is_empty() {
+            ctx.cloud
+                .delete_router_statics(&DeleteRouterStatics::new(plan.delete.clone()))
+                .await?;
+        }
+        if !plan.add.is_empty() {
+            let statics = plan
+                .add
+                .iter()
+                .map(|d| {
+                    RouterStaticSpec::route(
+                        d.cidr.to_string(),
+                        d.next_hop.clone(),
+                        Some(route_name(&cfg.cluster_id, &d.node)),
+                    )
+                })
+                .collect();
+            ctx.cloud
+                .add_router_statics(&AddRouterStatics {
+                    router: router.clone(),
+                    vxnet: None,
+                    statics,
+                })
+                .await?;
+        }
+        let job = ctx
+            .cloud
+            .update_routers(&UpdateRouters::new([router.clone()]))
+            .await?;
+        ctx.cloud.wait_job(&job.job_id, None).await?;
+        tracing::info!(added = plan.add.len(), deleted = plan.delete.len(), "routes updated");
+    }
+    for n in &nodes {
+        if plan.routed.contains(&n.name_any()) && !has_route_condition(n) {
+            let now = crate::context::now();
+            // Strategic merge: conditions merge by type, other conditions stay.
+            api.patch_status(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Strategic(json!({ "status": { "conditions": [{
+                    "type": "NetworkUnavailable",
+                    "status": "False",
+                    "reason": "RouteCreated",
+                    "message": "cloud-controller-manager created a route for the pod CIDR",
+                    "lastTransitionTime": now,
+                    "lastHeartbeatTime": now,
+                }]}})),
+            )
+            .await?;
+        }
+    }
+    Ok(plan)
+}

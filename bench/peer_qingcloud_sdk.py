@@ -47,7 +47,7 @@ def main():
     sign_ns = (time.perf_counter_ns() - t0) / n
 
     conn = APIConnection(creds["qy_access_key_id"], creds["qy_secret_access_key"], creds["zone"],
-                         host=host, port=int(port), protocol=protocol, retry_time=0)
+                         host=host, port=int(port), protocol=protocol, retry_time=1)
 
     def timed(fn):
         lat = []

@@ -12,11 +12,19 @@ pub struct Cidr {
 }
 
 fn mask_v4(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
 }
 
 fn mask_v6(prefix: u8) -> u128 {
-    if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) }
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    }
 }
 
 impl Cidr {
@@ -92,9 +100,22 @@ mod tests {
         assert!(c.contains(&"10.244.3.0/24".parse().unwrap()));
         assert!(!c.contains(&"10.245.0.0/24".parse().unwrap()));
         assert!(!c.contains(&"10.0.0.0/8".parse().unwrap()));
-        assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains_ip("1.2.3.4".parse().unwrap()));
-        assert!("fd00::/8".parse::<Cidr>().unwrap().contains(&"fd00:1::/64".parse().unwrap()));
+        assert_eq!(
+            "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains_ip("1.2.3.4".parse().unwrap())
+        );
+        assert!(
+            "fd00::/8"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains(&"fd00:1::/64".parse().unwrap())
+        );
         assert!(!c.contains(&"fd00::/64".parse().unwrap()));
         for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "10.0.0.0/-1"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");

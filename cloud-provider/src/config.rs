@@ -158,7 +158,9 @@ pub fn build(
             IaasConfig::new("", "", creds)
         }
     };
-    if let Some(e) = nonempty(file.endpoint).or_else(|| nonempty(env(iaas_client::config::ENV_ENDPOINT))) {
+    if let Some(e) =
+        nonempty(file.endpoint).or_else(|| nonempty(env(iaas_client::config::ENV_ENDPOINT)))
+    {
         iaas.endpoint = e;
     }
     if iaas.endpoint.is_empty() {
@@ -171,11 +173,16 @@ pub fn build(
     iaas.zone = zone.clone();
     iaas.validate().map_err(|e| {
         let msg = e.to_string();
-        let field = if msg.contains("endpoint") { "endpoint" } else { "zone" };
+        let field = if msg.contains("endpoint") {
+            "endpoint"
+        } else {
+            "zone"
+        };
         bad(field, msg)
     })?;
 
-    let cluster_id = nonempty(file.cluster_id).ok_or_else(|| bad("cluster_id", "missing".into()))?;
+    let cluster_id =
+        nonempty(file.cluster_id).ok_or_else(|| bad("cluster_id", "missing".into()))?;
     if cluster_id.len() > 32
         || !cluster_id
             .chars()
@@ -189,24 +196,30 @@ pub fn build(
     let cluster_cidr = nonempty(file.cluster_cidr)
         .map(|c| c.parse::<Cidr>().map_err(|e| bad("cluster_cidr", e)))
         .transpose()?;
-    let id_field = |field: &str, v: Option<String>, prefix: &str| -> Result<Option<String>, ConfigError> {
-        match nonempty(v) {
-            Some(id) if !id.starts_with(prefix) => Err(bad(
-                field,
-                format!("{id:?} does not look like a {prefix}xxxx id"),
-            )),
-            other => Ok(other),
-        }
-    };
+    let id_field =
+        |field: &str, v: Option<String>, prefix: &str| -> Result<Option<String>, ConfigError> {
+            match nonempty(v) {
+                Some(id) if !id.starts_with(prefix) => Err(bad(
+                    field,
+                    format!("{id:?} does not look like a {prefix}xxxx id"),
+                )),
+                other => Ok(other),
+            }
+        };
     let router_id = id_field("router_id", file.router_id, "rtr-")?;
     let vxnet_id = id_field("vxnet_id", file.vxnet_id, "vxnet-")?;
     if router_id.is_some() != cluster_cidr.is_some() {
         return Err(bad(
-            if router_id.is_some() { "cluster_cidr" } else { "router_id" },
+            if router_id.is_some() {
+                "cluster_cidr"
+            } else {
+                "router_id"
+            },
             "routes need both router_id and cluster_cidr".into(),
         ));
     }
-    let provider_name = nonempty(file.provider_name).unwrap_or_else(|| DEFAULT_PROVIDER_NAME.into());
+    let provider_name =
+        nonempty(file.provider_name).unwrap_or_else(|| DEFAULT_PROVIDER_NAME.into());
     if !provider_name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -276,7 +289,11 @@ pub fn build(
 
 /// Process flags (each with an environment fallback).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "cloud-controller-manager", version, about = "Cloud controller manager for the cloudsuite IaaS")]
+#[command(
+    name = "cloud-controller-manager",
+    version,
+    about = "Cloud controller manager for the cloudsuite IaaS"
+)]
 pub struct Flags {
     /// The cloud configuration YAML.
     #[arg(long, env = "CCM_CLOUD_CONFIG")]
@@ -294,7 +311,11 @@ pub struct Flags {
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub leader_elect_namespace: String,
     /// Name of the leader Lease.
-    #[arg(long, env = "CCM_LEADER_ELECT_LEASE", default_value = "cloud-controller-manager")]
+    #[arg(
+        long,
+        env = "CCM_LEADER_ELECT_LEASE",
+        default_value = "cloud-controller-manager"
+    )]
     pub leader_elect_lease_name: String,
     /// Seconds a leader Lease lasts without renewal.
     #[arg(long, env = "CCM_LEADER_ELECT_LEASE_DURATION", default_value_t = 15)]
@@ -303,7 +324,12 @@ pub struct Flags {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Controllers to run (comma-separated: node, lifecycle, route, service).
-    #[arg(long, env = "CCM_CONTROLLERS", value_delimiter = ',', default_value = "node,lifecycle,route,service")]
+    #[arg(
+        long,
+        env = "CCM_CONTROLLERS",
+        value_delimiter = ',',
+        default_value = "node,lifecycle,route,service"
+    )]
     pub controllers: Vec<String>,
     /// Period of the node lifecycle pass (e.g. 30s, 1m).
     #[arg(long, env = "CCM_NODE_MONITOR_PERIOD", default_value = "30s", value_parser = parse_duration)]
@@ -373,7 +399,10 @@ mod tests {
         assert_eq!(c.zone, "emu1");
         assert_eq!(c.region, "emu1");
         assert_eq!(c.router_id.as_deref(), Some("rtr-1"));
-        assert_eq!(c.node_match_order, vec![MatchKey::NodeName, MatchKey::InternalIp]);
+        assert_eq!(
+            c.node_match_order,
+            vec![MatchKey::NodeName, MatchKey::InternalIp]
+        );
         assert_eq!(c.provider_name, "cloudsuite");
         assert_eq!(c.load_balancer_class, DEFAULT_LB_CLASS);
         assert_eq!(i.endpoint, "http://127.0.0.1:9");
@@ -386,15 +415,36 @@ mod tests {
             ("cluster_id: c1\n", "zone"),
             ("zone: z\n", "cluster_id"),
             ("zone: z\ncluster_id: C_1\n", "cluster_id"),
-            ("zone: z\ncluster_id: c\ncluster_cidr: 10.0.0.0/33\nrouter_id: rtr-1\n", "cluster_cidr"),
+            (
+                "zone: z\ncluster_id: c\ncluster_cidr: 10.0.0.0/33\nrouter_id: rtr-1\n",
+                "cluster_cidr",
+            ),
             ("zone: z\ncluster_id: c\nrouter_id: rtr-1\n", "cluster_cidr"),
-            ("zone: z\ncluster_id: c\nrouter_id: r1\ncluster_cidr: 10.0.0.0/8\n", "router_id"),
-            ("zone: z\ncluster_id: c\nnode_match_order: [name, bogus]\n", "node_match_order[1]"),
-            ("zone: z\ncluster_id: c\nnode_match_order: [node-name, node-name]\n", "node_match_order[1]"),
-            ("zone: z\ncluster_id: c\ndefault_eip_bandwidth: 0\n", "default_eip_bandwidth"),
-            ("zone: z\ncluster_id: c\ndefault_lb_type: 9\n", "default_lb_type"),
+            (
+                "zone: z\ncluster_id: c\nrouter_id: r1\ncluster_cidr: 10.0.0.0/8\n",
+                "router_id",
+            ),
+            (
+                "zone: z\ncluster_id: c\nnode_match_order: [name, bogus]\n",
+                "node_match_order[1]",
+            ),
+            (
+                "zone: z\ncluster_id: c\nnode_match_order: [node-name, node-name]\n",
+                "node_match_order[1]",
+            ),
+            (
+                "zone: z\ncluster_id: c\ndefault_eip_bandwidth: 0\n",
+                "default_eip_bandwidth",
+            ),
+            (
+                "zone: z\ncluster_id: c\ndefault_lb_type: 9\n",
+                "default_lb_type",
+            ),
             ("zone: z\ncluster_id: c\nendpoint: 'ftp://x'\n", "endpoint"),
-            ("zone: z\ncluster_id: c\ncredentials_dir: /nonexistent\n", "credentials_dir"),
+            (
+                "zone: z\ncluster_id: c\ncredentials_dir: /nonexistent\n",
+                "credentials_dir",
+            ),
             ("zone: z\ncluster_id: c\nbogus: 1\n", "bogus"),
         ];
         for (yaml, field) in cases {
@@ -403,8 +453,13 @@ mod tests {
         }
         let file: CloudConfigFile =
             suite_runtime::config::parse_yaml("zone: z\ncluster_id: c\n", "cc.yaml").unwrap();
-        let e = build(file, "cc.yaml", None, |_| None).unwrap_err().to_string();
-        assert!(e.contains("credentials_file") && e.contains("QY_ACCESS_KEY_ID"), "{e}");
+        let e = build(file, "cc.yaml", None, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("credentials_file") && e.contains("QY_ACCESS_KEY_ID"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -429,13 +484,20 @@ mod tests {
     #[test]
     fn flags_parse_with_defaults() {
         use clap::Parser;
-        let f = Flags::try_parse_from(["ccm", "--cloud-config", "/x.yaml", "--controllers", "node,route"])
-            .unwrap();
+        let f = Flags::try_parse_from([
+            "ccm",
+            "--cloud-config",
+            "/x.yaml",
+            "--controllers",
+            "node,route",
+        ])
+        .unwrap();
         assert!(f.runs("node") && f.runs("route") && !f.runs("service"));
         assert_eq!(f.node_monitor_period, Duration::from_secs(30));
         f.validate().unwrap();
-        let f = Flags::try_parse_from(["ccm", "--cloud-config", "/x.yaml", "--controllers", "nodes"])
-            .unwrap();
+        let f =
+            Flags::try_parse_from(["ccm", "--cloud-config", "/x.yaml", "--controllers", "nodes"])
+                .unwrap();
         assert!(f.validate().unwrap_err().contains("--controllers"));
     }
 }

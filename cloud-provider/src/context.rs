@@ -17,7 +17,7 @@ use crate::config::CloudConfig;
 pub const REPORTER: &str = "cloud-controller-manager";
 
 /// Shared state of the controllers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Context {
     /// Kubernetes client.
     pub kube: kube::Client,
@@ -35,6 +35,15 @@ pub struct Context {
     pub instances: Arc<InstanceCache>,
     /// Per-object failure counts for backoff.
     pub backoff: Arc<Backoff>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("cloud", &self.cloud)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Context {
@@ -111,7 +120,10 @@ impl InstanceCache {
     }
 
     /// Every instance of the zone (served from the cache when fresh).
-    pub async fn all(&self, cloud: &iaas_client::Client) -> Result<Arc<Vec<Instance>>, iaas_client::Error> {
+    pub async fn all(
+        &self,
+        cloud: &iaas_client::Client,
+    ) -> Result<Arc<Vec<Instance>>, iaas_client::Error> {
         let mut guard = self.inner.lock().await;
         if let Some((at, list)) = guard.as_ref()
             && at.elapsed() < self.ttl
@@ -152,7 +164,9 @@ impl Backoff {
     pub fn next(&self, key: &str) -> Duration {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(key.to_string()).or_insert(0);
-        let delay = Self::BASE.saturating_mul(1u32 << (*n).min(16)).min(Self::MAX);
+        let delay = Self::BASE
+            .saturating_mul(1u32 << (*n).min(16))
+            .min(Self::MAX);
         *n = n.saturating_add(1);
         delay
     }

@@ -8,12 +8,18 @@
 //! - [`services`]: the Service controller (type LoadBalancer).
 //! - [`manager`]: wiring: clients, metrics, leader election, shutdown.
 
+pub mod annotations;
 pub mod cidr;
 pub mod config;
 pub mod context;
 pub mod lifecycle;
+pub mod manager;
 pub mod nodes;
 pub mod provider;
 pub mod routes;
+pub mod services;
 
 pub use context::{Context, Error};
+
+#[cfg(test)]
+mod tests;

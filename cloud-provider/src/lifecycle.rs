@@ -41,7 +41,11 @@ pub fn decide(node: &Node, instance: Option<&Instance>) -> LifecycleAction {
     let ready = provider::ready_status(node) == Some("True");
     let tainted = provider::has_taint(node, TAINT_SHUTDOWN);
     if ready {
-        return if tainted { LifecycleAction::Untaint } else { LifecycleAction::Keep };
+        return if tainted {
+            LifecycleAction::Untaint
+        } else {
+            LifecycleAction::Keep
+        };
     }
     match instance {
         None => LifecycleAction::Delete("instance no longer exists".into()),
@@ -49,10 +53,18 @@ pub fn decide(node: &Node, instance: Option<&Instance>) -> LifecycleAction {
             LifecycleAction::Delete(format!("instance {} is {}", i.instance_id, i.status))
         }
         Some(i) if provider::is_shut_down(&i.status) => {
-            if tainted { LifecycleAction::Keep } else { LifecycleAction::Taint }
+            if tainted {
+                LifecycleAction::Keep
+            } else {
+                LifecycleAction::Taint
+            }
         }
         Some(_) => {
-            if tainted { LifecycleAction::Untaint } else { LifecycleAction::Keep }
+            if tainted {
+                LifecycleAction::Untaint
+            } else {
+                LifecycleAction::Keep
+            }
         }
     }
 }
@@ -140,7 +152,12 @@ async fn act(
     match action {
         LifecycleAction::Delete(why) => {
             ctx.events
-                .normal(&oref, "DeletingNode", "DeleteNode", format!("Deleting node {name}: {why}"))
+                .normal(
+                    &oref,
+                    "DeletingNode",
+                    "DeleteNode",
+                    format!("Deleting node {name}: {why}"),
+                )
                 .await;
             tracing::info!(node = %name, reason = %why, "deleting node");
             // Precondition on uid: never delete a re-registered node of the same name.
@@ -170,11 +187,19 @@ async fn act(
             )
             .await?;
             let (reason, note) = if add {
-                ("NodeShutdown", format!("Instance of node {name} is shut down; tainted {TAINT_SHUTDOWN}"))
+                (
+                    "NodeShutdown",
+                    format!("Instance of node {name} is shut down; tainted {TAINT_SHUTDOWN}"),
+                )
             } else {
-                ("NodeRunning", format!("Node {name} is running again; removed {TAINT_SHUTDOWN}"))
+                (
+                    "NodeRunning",
+                    format!("Node {name} is running again; removed {TAINT_SHUTDOWN}"),
+                )
             };
-            ctx.events.normal(&oref, reason, "UpdateNodeTaints", note).await;
+            ctx.events
+                .normal(&oref, reason, "UpdateNodeTaints", note)
+                .await;
         }
         LifecycleAction::Keep => {
             // Cheap re-check of initialised nodes: addresses from the same listing.

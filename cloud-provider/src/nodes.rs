@@ -130,7 +130,11 @@ pub async fn apply_init(api: &Api<Node>, node: &Node, plan: &NodeInit) -> Result
     if let Some(taints) = &plan.taints {
         spec.insert(
             "taints".into(),
-            if taints.is_empty() { serde_json::Value::Null } else { json!(taints) },
+            if taints.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!(taints)
+            },
         );
         if let Some(rv) = rv {
             metadata.insert("resourceVersion".into(), json!(rv));
@@ -146,7 +150,11 @@ pub async fn apply_init(api: &Api<Node>, node: &Node, plan: &NodeInit) -> Result
     if !spec.is_empty() {
         body.insert("spec".into(), spec.into());
     }
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::Value::Object(body)))
-        .await?;
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::Value::Object(body)),
+    )
+    .await?;
     Ok(())
 }

@@ -101,18 +101,20 @@ impl FromStr for MatchKey {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "provider-id" | "providerid" => MatchKey::ProviderId,
-            "instance-id" => MatchKey::InstanceId,
-            "node-name" | "name" => MatchKey::NodeName,
-            "hostname" => MatchKey::Hostname,
-            "internal-ip" | "ip" | "private-ip" => MatchKey::InternalIp,
-            other => {
-                return Err(format!(
-                    "unknown match key {other:?} (known: provider-id, instance-id, node-name, hostname, internal-ip)"
-                ));
-            }
-        })
+        Ok(
+            match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+                "provider-id" | "providerid" => MatchKey::ProviderId,
+                "instance-id" => MatchKey::InstanceId,
+                "node-name" | "name" => MatchKey::NodeName,
+                "hostname" => MatchKey::Hostname,
+                "internal-ip" | "ip" | "private-ip" => MatchKey::InternalIp,
+                other => {
+                    return Err(format!(
+                        "unknown match key {other:?} (known: provider-id, instance-id, node-name, hostname, internal-ip)"
+                    ));
+                }
+            },
+        )
     }
 }
 
@@ -157,7 +159,9 @@ pub fn node_values(node: &Node, key: MatchKey, provider: &str) -> Vec<String> {
             v
         }
         MatchKey::InternalIp => {
-            let mut v: Vec<String> = addresses_of(node, "InternalIP").map(str::to_string).collect();
+            let mut v: Vec<String> = addresses_of(node, "InternalIP")
+                .map(str::to_string)
+                .collect();
             if let Some(ip) = node
                 .metadata
                 .annotations
@@ -289,7 +293,11 @@ pub fn node_labels(inst: &Instance, zone: &str, region: &str) -> BTreeMap<String
     if !inst.instance_type.is_empty() {
         l.insert(LABEL_INSTANCE_TYPE.to_string(), inst.instance_type.clone());
     }
-    let z = if inst.zone_id.is_empty() { zone } else { &inst.zone_id };
+    let z = if inst.zone_id.is_empty() {
+        zone
+    } else {
+        &inst.zone_id
+    };
     l.insert(LABEL_ZONE.to_string(), z.to_string());
     l.insert(LABEL_REGION.to_string(), region.to_string());
     l
@@ -333,7 +341,7 @@ pub fn internal_ip(node: &Node) -> Option<&str> {
 }
 
 /// The plan for an uninitialised node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeInit {
     /// The instance matched.
     pub instance_id: String,
@@ -356,8 +364,13 @@ pub fn plan_node_init(
     instances: &[Instance],
     cfg: &crate::config::CloudConfig,
 ) -> Result<NodeInit, NoMatch> {
-    let (inst, matched_by) = find_instance(node, instances, &cfg.node_match_order, &cfg.provider_name)?;
-    let zone = if inst.zone_id.is_empty() { &cfg.zone } else { &inst.zone_id };
+    let (inst, matched_by) =
+        find_instance(node, instances, &cfg.node_match_order, &cfg.provider_name)?;
+    let zone = if inst.zone_id.is_empty() {
+        &cfg.zone
+    } else {
+        &inst.zone_id
+    };
     let want_pid = provider_id(&cfg.provider_name, zone, &inst.instance_id);
     let current_pid = node.spec.as_ref().and_then(|s| s.provider_id.as_deref());
     let provider_id = match current_pid {

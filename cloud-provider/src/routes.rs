@@ -61,7 +61,9 @@ pub fn desired_routes(nodes: &[Node]) -> Vec<DesiredRoute> {
         if n.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(ip) = provider::internal_ip(n) else { continue };
+        let Some(ip) = provider::internal_ip(n) else {
+            continue;
+        };
         let spec = n.spec.as_ref();
         let mut cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
         if cidrs.is_empty()
@@ -120,7 +122,10 @@ pub fn plan_routes(
         .collect();
     let parse = |s: &RouterStatic| s.val1.parse::<Cidr>().ok();
     let mut plan = RoutePlan::default();
-    let wanted: BTreeSet<(Cidr, &str)> = desired.iter().map(|d| (d.cidr, d.next_hop.as_str())).collect();
+    let wanted: BTreeSet<(Cidr, &str)> = desired
+        .iter()
+        .map(|d| (d.cidr, d.next_hop.as_str()))
+        .collect();
     // Stale: ours, inside the cluster CIDR, not wanted (a changed next hop is stale too).
     let mut deleted: BTreeSet<&str> = BTreeSet::new();
     for s in &routes {
@@ -176,7 +181,11 @@ pub fn has_route_condition(node: &Node) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
-        .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False" && c.reason.as_deref() == Some("RouteCreated"))
+        .any(|c| {
+            c.type_ == "NetworkUnavailable"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("RouteCreated")
+        })
 }
 
 /// Runs the controller until `shutdown`: a sync every `period`, and soon
@@ -295,7 +304,11 @@ pub async fn sync(ctx: &Context) -> Result<RoutePlan, Error> {
             .update_routers(&UpdateRouters::new([router.clone()]))
             .await?;
         ctx.cloud.wait_job(&job.job_id, None).await?;
-        tracing::info!(added = plan.add.len(), deleted = plan.delete.len(), "routes updated");
+        tracing::info!(
+            added = plan.add.len(),
+            deleted = plan.delete.len(),
+            "routes updated"
+        );
     }
     for n in &nodes {
         if plan.routed.contains(&n.name_any()) && !has_route_condition(n) {

@@ -1,7 +1,7 @@
 //! The runtime's input: environment variables and the stdin network
 //! configuration, parsed and validated before anything touches the machine.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
@@ -173,21 +173,106 @@ pub fn validate_netns(p: &str) -> CniResult<PathBuf> {
     }
 }
 
-/// One IPv4 pool: a subnet and an optional inclusive sub-range.
+/// A parsed CIDR: an address with its prefix length, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n` or `x::/n`; the error says what is wrong (the
+    /// caller adds the field name).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = l
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{s:?} prefix must be 0..={max}"))?;
+        let c = Cidr { addr, prefix };
+        if c.mask() & ip_bits(addr) != ip_bits(addr) {
+            return Err(format!("{s:?} has host bits set"));
+        }
+        Ok(c)
+    }
+
+    /// The network mask as an integer in the family's width.
+    fn mask(&self) -> u128 {
+        let width = self.width();
+        if self.prefix == 0 {
+            0
+        } else {
+            (u128::MAX << (width - u32::from(self.prefix))) & family_max(width)
+        }
+    }
+
+    fn width(&self) -> u32 {
+        if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// Whether `ip` lies inside (same family and network).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && ip_bits(ip) & self.mask() == ip_bits(self.addr)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn family_max(width: u32) -> u128 {
+    if width == 128 {
+        u128::MAX
+    } else {
+        (1u128 << width) - 1
+    }
+}
+
+/// An address as an integer (IPv4 in the low 32 bits).
+pub fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+/// The inverse of [`ip_bits`] for the family of `like`.
+pub fn ip_from_bits(bits: u128, like: IpAddr) -> IpAddr {
+    match like {
+        // Truncation is intended: IPv4 values never exceed 32 bits here.
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(bits as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(bits)),
+    }
+}
+
+/// One pool of one family: a subnet and an optional inclusive sub-range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
     /// Network address.
-    pub network: Ipv4Addr,
+    pub network: IpAddr,
     /// Prefix length.
     pub prefix: u8,
     /// First address handed out.
-    pub first: Ipv4Addr,
+    pub first: IpAddr,
     /// Last address handed out.
-    pub last: Ipv4Addr,
+    pub last: IpAddr,
 }
 
 impl Pool {
-    /// Parses a subnet; the network and broadcast addresses are never handed out.
+    /// Parses a subnet (IPv4 up to /30, IPv6 up to /126); the first and the
+    /// last address of the subnet are never handed out (network and
+    /// broadcast in IPv4, the subnet-router anycast in IPv6).
     pub fn parse(
         field: &str,
         subnet: &str,
@@ -195,37 +280,21 @@ impl Pool {
         end: Option<&str>,
     ) -> CniResult<Self> {
         let bad = |why: String| CniError::new(Code::InvalidConfig, format!("{field}: {why}"));
-        let (a, l) = subnet
-            .split_once('/')
-            .ok_or_else(|| bad(format!("{subnet:?} is not a CIDR")))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| {
-            if a.contains(':') {
-                bad(format!("{subnet:?}: IPv6 pod ranges are not supported yet"))
-            } else {
-                bad(format!("{subnet:?} is not an IPv4 CIDR"))
-            }
-        })?;
-        let prefix: u8 = l
-            .parse()
-            .ok()
-            .filter(|p| *p <= 30)
-            .ok_or_else(|| bad(format!("{subnet:?} prefix must be 0..=30")))?;
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        let net = u32::from(addr) & mask;
-        if net != u32::from(addr) {
-            return Err(bad(format!("{subnet:?} has host bits set")));
+        let cidr = Cidr::parse(subnet).map_err(bad)?;
+        let limit = if cidr.addr.is_ipv4() { 30 } else { 126 };
+        if cidr.prefix > limit {
+            return Err(bad(format!(
+                "{subnet:?} prefix must be at most /{limit} to leave host addresses"
+            )));
         }
-        let bcast = net | !mask;
-        let inside = |what: &str, s: &str| -> CniResult<u32> {
-            let ip: Ipv4Addr = s
+        let net = ip_bits(cidr.addr);
+        let bcast = net | (!cidr.mask() & family_max(cidr.width()));
+        let inside = |what: &str, s: &str| -> CniResult<u128> {
+            let ip: IpAddr = s
                 .parse()
-                .map_err(|_| bad(format!("{what} {s:?} is not an IPv4 address")))?;
-            let v = u32::from(ip);
-            if v <= net || v >= bcast {
+                .map_err(|_| bad(format!("{what} {s:?} is not an IP address")))?;
+            let v = ip_bits(ip);
+            if ip.is_ipv4() != cidr.addr.is_ipv4() || v <= net || v >= bcast {
                 return Err(bad(format!("{what} {s} is not a host address of {subnet}")));
             }
             Ok(v)
@@ -242,21 +311,32 @@ impl Pool {
             return Err(bad(format!("rangeStart is after rangeEnd in {subnet}")));
         }
         Ok(Pool {
-            network: Ipv4Addr::from(net),
-            prefix,
-            first: Ipv4Addr::from(first),
-            last: Ipv4Addr::from(last),
+            network: cidr.addr,
+            prefix: cidr.prefix,
+            first: ip_from_bits(first, cidr.addr),
+            last: ip_from_bits(last, cidr.addr),
         })
     }
 
+    /// Whether the pool is IPv6.
+    pub fn is_v6(&self) -> bool {
+        self.network.is_ipv6()
+    }
+
     /// How many addresses the pool hands out.
-    pub fn size(&self) -> u32 {
-        u32::from(self.last) - u32::from(self.first) + 1
+    pub fn size(&self) -> u128 {
+        ip_bits(self.last) - ip_bits(self.first) + 1
     }
 
     /// Whether `ip` is one the pool hands out.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        (u32::from(self.first)..=u32::from(self.last)).contains(&u32::from(ip))
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv6() == self.is_v6()
+            && (ip_bits(self.first)..=ip_bits(self.last)).contains(&ip_bits(ip))
+    }
+
+    /// The subnet in CIDR notation.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network, self.prefix)
     }
 }
 
@@ -288,6 +368,8 @@ struct ConfWire {
     kind: Option<String>,
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Option<Vec<String>>,
     ranges: Option<Vec<Vec<RangeWire>>>,
     mtu: Option<u32>,
     #[serde(rename = "dataDir")]
@@ -299,6 +381,8 @@ struct ConfWire {
     dns: Option<serde_json::Value>,
     #[serde(rename = "ipMasq", default)]
     ip_masq: bool,
+    #[serde(rename = "nonMasqueradeCIDRs")]
+    non_masquerade_cidrs: Option<Vec<String>>,
 }
 
 /// The network configuration from stdin, validated.
@@ -309,6 +393,8 @@ pub struct NetConf {
     /// Network name (a directory name under the data dir).
     pub name: String,
     /// Pools to allocate from, in order (empty: no pod CIDR known yet).
+    /// A pod gets one address per family present (dual-stack), each from
+    /// the first pool of its family with room.
     pub pools: Vec<Pool>,
     /// Pod MTU; `None` takes the node uplink's.
     pub mtu: Option<u32>,
@@ -320,6 +406,12 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<Attachment>>,
     /// DNS settings passed through into the result.
     pub dns: Option<serde_json::Value>,
+    /// `ipMasq`: SNAT pod traffic leaving for destinations outside
+    /// [`NetConf::non_masquerade`] to the node's address (off by default).
+    pub ip_masq: bool,
+    /// `nonMasqueradeCIDRs`: destinations reached with the pod's own
+    /// address (the VPC and cluster CIDRs); the pod ranges always are.
+    pub non_masquerade: Vec<Cidr>,
 }
 
 impl NetConf {
@@ -364,15 +456,12 @@ impl NetConf {
         if wire.kind.as_deref().is_some_and(str::is_empty) {
             return Err(CniError::new(Code::InvalidConfig, "type must not be empty"));
         }
-        if wire.ip_masq {
-            return Err(CniError::new(
-                Code::UnsupportedField,
-                "ipMasq is not supported by this build: pods are VPC-routable, no masquerade is needed",
-            ));
-        }
         let mut pools = Vec::new();
         if let Some(cidr) = wire.pod_cidr.as_deref().filter(|c| !c.is_empty()) {
             pools.push(Pool::parse("podCIDR", cidr, None, None)?);
+        }
+        for (i, cidr) in wire.pod_cidrs.iter().flatten().enumerate() {
+            pools.push(Pool::parse(&format!("podCIDRs[{i}]"), cidr, None, None)?);
         }
         for (i, set) in wire.ranges.iter().flatten().enumerate() {
             for (j, r) in set.iter().enumerate() {
@@ -392,6 +481,15 @@ impl NetConf {
                 format!("mtu {m} must be within 576..=65535"),
             ));
         }
+        let mut non_masquerade = Vec::new();
+        for (i, c) in wire.non_masquerade_cidrs.iter().flatten().enumerate() {
+            non_masquerade.push(Cidr::parse(c).map_err(|why| {
+                CniError::new(
+                    Code::InvalidConfig,
+                    format!("nonMasqueradeCIDRs[{i}]: {why}"),
+                )
+            })?);
+        }
         let data_dir = match wire.data_dir {
             Some(d) => validate_dir("dataDir", &d)?,
             None => PathBuf::from(DEFAULT_DATA_DIR),
@@ -405,6 +503,8 @@ impl NetConf {
             prev_result: wire.prev_result,
             valid_attachments: wire.valid_attachments,
             dns: wire.dns,
+            ip_masq: wire.ip_masq,
+            non_masquerade,
         })
     }
 
@@ -561,13 +661,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.pools[0].size(), 3);
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"k","podCIDRs":["10.1.0.0/24","fd00:1::/64"],"ipMasq":true,"nonMasqueradeCIDRs":["172.31.0.0/16"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.pools.len(), 2);
+        assert!(c.pools[1].is_v6());
+        assert_eq!(c.pools[1].size(), (1u128 << 64) - 2);
+        assert!(c.pools[1].contains("fd00:1::5".parse().unwrap()));
+        assert!(!c.pools[1].contains("10.1.0.5".parse().unwrap()));
+        assert!(c.ip_masq);
+        assert_eq!(c.non_masquerade[0].to_string(), "172.31.0.0/16");
+        assert!(c.non_masquerade[0].contains("172.31.200.1".parse().unwrap()));
+        assert!(!c.non_masquerade[0].contains("172.32.0.1".parse().unwrap()));
         for (conf, code, word) in [
             (&br#"{"#[..], Code::Decode, "JSON"),
             (br#"{"name":"k"}"#, Code::InvalidConfig, "cniVersion"),
             (br#"{"cniVersion":"0.1.0","name":"k"}"#, Code::IncompatibleVersion, "0.1.0"),
             (br#"{"cniVersion":"1.0.0","name":"../x"}"#, Code::InvalidConfig, "name"),
             (br#"{"cniVersion":"1.0.0","name":"k","podCIDR":"10.0.0.1/24"}"#, Code::InvalidConfig, "podCIDR"),
-            (br#"{"cniVersion":"1.0.0","name":"k","podCIDR":"fd00::/64"}"#, Code::InvalidConfig, "IPv6"),
+            (br#"{"cniVersion":"1.0.0","name":"k","podCIDR":"fd00::/127"}"#, Code::InvalidConfig, "/126"),
+            (br#"{"cniVersion":"1.0.0","name":"k","podCIDRs":["10.0.0.0/24","fd00::1/64"]}"#, Code::InvalidConfig, "podCIDRs[1]"),
+            (br#"{"cniVersion":"1.0.0","name":"k","nonMasqueradeCIDRs":["10.0.0.0/33"]}"#, Code::InvalidConfig, "nonMasqueradeCIDRs[0]"),
             (br#"{"cniVersion":"1.0.0","name":"k","mtu":10}"#, Code::InvalidConfig, "mtu"),
             (br#"{"cniVersion":"1.0.0","name":"k","dataDir":"/a/../b"}"#, Code::InvalidConfig, "dataDir"),
             (

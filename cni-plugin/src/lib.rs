@@ -4,9 +4,11 @@
 //! routes the /32 to the veth, and the VPC routes the node's pod CIDR to the
 //! node (a route the cloud controller asks the cloud for). See [`plugin`].
 
+pub mod agent;
 pub mod config;
 pub mod error;
 pub mod ipam;
+pub mod masq;
 pub mod net;
 pub mod netns;
 pub mod plugin;

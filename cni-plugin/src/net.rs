@@ -7,14 +7,20 @@
 //!   lladdr <host veth MAC> nud permanent`, `ip route replace default via
 //!   169.254.1.1 dev <ifname> onlink`.
 //!
-//! The pod never ARPs for its gateway (the entry is permanent) and the host
-//! needs no proxy ARP and no address on the veth.
+//! With an IPv6 pod range as well (dual-stack): the pod gets `<pod6>/128`
+//! (`nodad`, and DAD off on both veth ends so the addresses are usable at
+//! once), `ip -6 neigh replace fe80::1 lladdr <host veth MAC> nud permanent`
+//! and `ip -6 route replace default via fe80::1 dev <ifname>`; the host gets
+//! `ip -6 route replace <pod6>/128 dev <host veth>` and IPv6 forwarding on.
+//!
+//! The pod never ARPs (or solicits) for its gateway (the entry is permanent)
+//! and the host needs no proxy ARP and no address on the veth.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
@@ -25,6 +31,22 @@ use crate::netns::Netns;
 
 /// The link-local gateway every pod routes through.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The link-local IPv6 gateway every dual-stack pod routes through.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The gateway of `ip`'s family.
+pub fn gateway_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(GATEWAY),
+        IpAddr::V6(_) => IpAddr::V6(GATEWAY6),
+    }
+}
+
+/// The host prefix length of `ip`'s family (32 or 128).
+pub fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
 
 /// MTU when the node has no default route to learn it from.
 pub const FALLBACK_MTU: u32 = 1500;
@@ -159,9 +181,10 @@ pub async fn setup(
     pod_ns: &Netns,
     host_ifname: &str,
     ifname: &str,
-    ip: Ipv4Addr,
+    ips: &[IpAddr],
     mtu: u32,
 ) -> CniResult<Attached> {
+    let dual = ips.iter().any(IpAddr::is_ipv6);
     // A leftover of an interrupted earlier ADD for this same attachment.
     if let Some(old) = find_link(host, host_ifname).await? {
         delete_index(host, old.index, host_ifname).await?;
@@ -194,6 +217,13 @@ pub async fn setup(
     let hostl = find_link(host, host_ifname)
         .await?
         .ok_or_else(|| nl_err("find the new host veth", host_ifname))?;
+    if dual {
+        // Before the link comes up, so its link-local address (the source
+        // of the host's neighbour solicitations) is never tentative.
+        sysctl(&format!("net/ipv6/conf/{host_ifname}/accept_dad"), "0")?;
+        sysctl(&format!("net/ipv6/conf/{host_ifname}/disable_ipv6"), "0")?;
+        sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    }
     host.link()
         .set(LinkUnspec::new_with_index(hostl.index).up().build())
         .execute()
@@ -203,53 +233,84 @@ pub async fn setup(
     // address the node routes elsewhere (a service VIP after DNAT) still pass.
     sysctl(&format!("net/ipv4/conf/{host_ifname}/rp_filter"), "2")?;
     sysctl("net/ipv4/ip_forward", "1")?;
-    host.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(ip, 32)
+    for ip in ips {
+        let msg = match ip {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(*v4, 32)
                 .output_interface(hostl.index)
                 .scope(RouteScope::Link)
                 .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| nl_err(&format!("route {ip}/32 dev {host_ifname}"), e))?;
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(*v6, 128)
+                .output_interface(hostl.index)
+                .build(),
+        };
+        host.route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                nl_err(
+                    &format!("route {ip}/{} dev {host_ifname}", host_prefix(*ip)),
+                    e,
+                )
+            })?;
+    }
 
     let podl = find_link(pod, ifname)
         .await?
         .ok_or_else(|| nl_err("find the new pod interface", ifname))?;
+    if dual {
+        let _inside = pod_ns.enter()?;
+        sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+        sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
+    }
     pod.link()
         .set(LinkUnspec::new_with_index(podl.index).up().build())
         .execute()
         .await
         .map_err(|e| nl_err(&format!("set {ifname} up in the pod"), e))?;
-    pod.address()
-        .add(podl.index, IpAddr::V4(ip), 32)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| nl_err(&format!("address {ip}/32 on {ifname}"), e))?;
-    pod.neighbours()
-        .add(podl.index, IpAddr::V4(GATEWAY))
-        .link_layer_address(&hostl.mac)
-        .state(NeighbourState::Permanent)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| nl_err(&format!("neighbour {GATEWAY} on {ifname}"), e))?;
-    pod.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
+    for ip in ips {
+        let prefix = host_prefix(*ip);
+        let mut req = pod.address().add(podl.index, *ip, prefix).replace();
+        if ip.is_ipv6() {
+            // Usable at once: no duplicate address detection for the /128.
+            let m = req.message_mut();
+            m.header.flags = AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
+            .await
+            .map_err(|e| nl_err(&format!("address {ip}/{prefix} on {ifname}"), e))?;
+        let gw = gateway_for(*ip);
+        pod.neighbours()
+            .add(podl.index, gw)
+            .link_layer_address(&hostl.mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(&format!("neighbour {gw} on {ifname}"), e))?;
+        let route = match ip {
+            IpAddr::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(GATEWAY)
                 .output_interface(podl.index)
                 .onlink()
                 .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| nl_err(&format!("default route via {GATEWAY} on {ifname}"), e))?;
+            IpAddr::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(GATEWAY6)
+                .output_interface(podl.index)
+                .build(),
+        };
+        pod.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(&format!("default route via {gw} on {ifname}"), e))?;
+    }
     Ok(Attached {
         host_ifname: host_ifname.to_string(),
         host_mac: mac_string(&hostl.mac),
@@ -313,7 +374,7 @@ pub async fn inspect(
     pod: &Handle,
     host_ifname: &str,
     ifname: &str,
-    ip: Ipv4Addr,
+    ips: &[IpAddr],
 ) -> CniResult<Vec<String>> {
     let mut diffs = Vec::new();
     let hostl = find_link(host, host_ifname).await?;
@@ -321,13 +382,18 @@ pub async fn inspect(
         None => diffs.push(format!("host veth {host_ifname} is missing")),
         Some(l) => {
             let routes = routes(host).await?;
-            let has = routes.iter().any(|r| {
-                r.header.destination_prefix_length == 32
-                    && has_attr(r, |a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == ip))
-                    && has_attr(r, |a| matches!(a, RouteAttribute::Oif(i) if *i == l.index))
-            });
-            if !has {
-                diffs.push(format!("host route {ip}/32 dev {host_ifname} is missing"));
+            for ip in ips {
+                let has = routes.iter().any(|r| {
+                    r.header.destination_prefix_length == host_prefix(*ip)
+                        && has_attr(r, |a| route_addr_is(a, true, *ip))
+                        && has_attr(r, |a| matches!(a, RouteAttribute::Oif(i) if *i == l.index))
+                });
+                if !has {
+                    diffs.push(format!(
+                        "host route {ip}/{} dev {host_ifname} is missing",
+                        host_prefix(*ip)
+                    ));
+                }
             }
         }
     }
@@ -340,82 +406,110 @@ pub async fn inspect(
         .get()
         .set_link_index_filter(podl.index)
         .execute();
-    let mut found = false;
+    let mut present = Vec::new();
     while let Some(a) = addrs
         .try_next()
         .await
         .map_err(|e| nl_err("list addresses", e))?
     {
-        if a.header.prefix_len == 32
-            && a.attributes
-                .iter()
-                .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(v)) if *v == ip))
-        {
-            found = true;
-        }
-    }
-    if !found {
-        diffs.push(format!("address {ip}/32 is missing on {ifname}"));
-    }
-    let has_default = routes(pod).await?.iter().any(|r| {
-        r.header.destination_prefix_length == 0
-            && r.header.table == 254
-            && has_attr(
-                r,
-                |a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(g)) if *g == GATEWAY),
-            )
-            && has_attr(
-                r,
-                |a| matches!(a, RouteAttribute::Oif(i) if *i == podl.index),
-            )
-    });
-    if !has_default {
-        diffs.push(format!(
-            "default route via {GATEWAY} dev {ifname} is missing"
-        ));
-    }
-    if let Some(hl) = &hostl {
-        let mut neighs = pod.neighbours().get().execute();
-        let mut ok = false;
-        while let Some(n) = neighs
-            .try_next()
-            .await
-            .map_err(|e| nl_err("list neighbours", e))?
-        {
-            let dst = n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == GATEWAY));
-            let mac = n
-                .attributes
-                .iter()
-                .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if *m == hl.mac));
-            if n.header.ifindex == podl.index
-                && dst
-                && mac
-                && n.header.state == NeighbourState::Permanent
-            {
-                ok = true;
+        for x in &a.attributes {
+            if let AddressAttribute::Address(v) = x {
+                present.push((*v, a.header.prefix_len));
             }
         }
-        if !ok {
-            diffs.push(format!(
-                "permanent neighbour {GATEWAY} lladdr {} on {ifname} is missing",
-                mac_string(&hl.mac)
-            ));
+    }
+    let pod_routes = routes(pod).await?;
+    let neighs: Vec<_> = pod
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err("list neighbours", e))?;
+    for ip in ips {
+        let prefix = host_prefix(*ip);
+        if !present.contains(&(*ip, prefix)) {
+            diffs.push(format!("address {ip}/{prefix} is missing on {ifname}"));
+        }
+        let gw = gateway_for(*ip);
+        let has_default = pod_routes.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && r.header.table == 254
+                && has_attr(r, |a| route_addr_is(a, false, gw))
+                && has_attr(
+                    r,
+                    |a| matches!(a, RouteAttribute::Oif(i) if *i == podl.index),
+                )
+        });
+        if !has_default {
+            diffs.push(format!("default route via {gw} dev {ifname} is missing"));
+        }
+        if let Some(hl) = &hostl {
+            let ok = neighs.iter().any(|n| {
+                let dst = n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Destination(d) if neigh_addr(d) == Some(gw)));
+                let mac = n
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if *m == hl.mac));
+                n.header.ifindex == podl.index
+                    && dst
+                    && mac
+                    && n.header.state == NeighbourState::Permanent
+            });
+            if !ok {
+                diffs.push(format!(
+                    "permanent neighbour {gw} lladdr {} on {ifname} is missing",
+                    mac_string(&hl.mac)
+                ));
+            }
         }
     }
     Ok(diffs)
+}
+
+fn neigh_addr(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        NeighbourAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+/// Whether `a` is the route's destination (`dst`) or gateway carrying `ip`.
+fn route_addr_is(a: &RouteAttribute, dst: bool, ip: IpAddr) -> bool {
+    let addr = match (a, dst) {
+        (RouteAttribute::Destination(x), true) | (RouteAttribute::Gateway(x), false) => x,
+        _ => return false,
+    };
+    match (addr, ip) {
+        (RouteAddress::Inet(v), IpAddr::V4(w)) => *v == w,
+        (RouteAddress::Inet6(v), IpAddr::V6(w)) => *v == w,
+        _ => false,
+    }
 }
 
 fn has_attr(r: &RouteMessage, f: impl Fn(&RouteAttribute) -> bool) -> bool {
     r.attributes.iter().any(f)
 }
 
+/// Both families' routes (the main table and the rest; callers filter).
 async fn routes(h: &Handle) -> CniResult<Vec<RouteMessage>> {
-    h.route()
+    let mut all: Vec<RouteMessage> = h
+        .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute()
         .try_collect()
         .await
-        .map_err(|e| nl_err("list routes", e))
+        .map_err(|e| nl_err("list routes", e))?;
+    let v6: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err("list IPv6 routes", e))?;
+    all.extend(v6);
+    Ok(all)
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! The CNI commands: parse, act, answer with a result or an error JSON.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
 use crate::config::{CNI_VERSION, Command, Env, NetConf, SUPPORTED_VERSIONS};
 use crate::error::{CniError, CniResult, Code, nl_err};
-use crate::ipam::LeaseStore;
-use crate::net::{self, GATEWAY};
+use crate::ipam::{LeaseStore, Owner};
+use crate::net;
 use crate::netns::Netns;
 
 /// Runs one invocation: `env` from the environment, `stdin` the network
@@ -56,7 +56,15 @@ fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
     let netns_path = env.netns.as_deref().expect("validated: ADD has CNI_NETNS");
     let pod_ns = Netns::open(netns_path)?;
     let store = LeaseStore::open(&conf.lease_dir)?;
-    let ip = store.allocate(&conf.pools, &env.container_id, &env.ifname)?;
+    let netns_text = netns_path.display().to_string();
+    let ips = store.allocate(
+        &conf.pools,
+        &Owner {
+            container_id: &env.container_id,
+            ifname: &env.ifname,
+            netns: &netns_text,
+        },
+    )?;
     let host_ifname = net::host_veth_name(&env.container_id, &env.ifname);
     let rt = runtime()?;
     let outcome = rt.block_on(async {
@@ -66,7 +74,7 @@ fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
             Some(m) => m,
             None => net::uplink_mtu(&host).await?,
         };
-        match net::setup(&host, &pod, &pod_ns, &host_ifname, &env.ifname, ip, mtu).await {
+        match net::setup(&host, &pod, &pod_ns, &host_ifname, &env.ifname, &ips, mtu).await {
             Ok(a) => Ok(a),
             Err(e) => {
                 // Undo: nothing of a failed ADD may stay behind.
@@ -82,17 +90,41 @@ fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
             return Err(e);
         }
     };
-    Ok(result_json(conf, env, ip, &attached).to_string())
+    if conf.ip_masq
+        && let Err(e) = crate::masq::ensure(conf)
+    {
+        // The pod would reach the outside with an unroutable source: undo.
+        let _ = rt.block_on(async { net::teardown(&connect()?, &host_ifname).await });
+        let _ = store.release(&env.container_id, &env.ifname);
+        return Err(e);
+    }
+    Ok(result_json(conf, env, &ips, &attached).to_string())
 }
 
 /// The ADD result in the configuration's version.
-fn result_json(conf: &NetConf, env: &Env, ip: Ipv4Addr, a: &net::Attached) -> Value {
+fn result_json(conf: &NetConf, env: &Env, ips: &[IpAddr], a: &net::Attached) -> Value {
     let legacy = conf.cni_version.starts_with("0.");
-    let mut ipc =
-        json!({"address": format!("{ip}/32"), "gateway": GATEWAY.to_string(), "interface": 1});
-    if legacy {
-        ipc["version"] = json!("4");
-    }
+    let ipcs: Vec<Value> = ips
+        .iter()
+        .map(|ip| {
+            let mut ipc = json!({
+                "address": format!("{ip}/{}", net::host_prefix(*ip)),
+                "gateway": net::gateway_for(*ip).to_string(),
+                "interface": 1,
+            });
+            if legacy {
+                ipc["version"] = json!(if ip.is_ipv4() { "4" } else { "6" });
+            }
+            ipc
+        })
+        .collect();
+    let routes: Vec<Value> = ips
+        .iter()
+        .map(|ip| {
+            let dst = if ip.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+            json!({"dst": dst, "gw": net::gateway_for(*ip).to_string()})
+        })
+        .collect();
     json!({
         "cniVersion": conf.cni_version,
         "interfaces": [
@@ -100,8 +132,8 @@ fn result_json(conf: &NetConf, env: &Env, ip: Ipv4Addr, a: &net::Attached) -> Va
             {"name": env.ifname, "mac": a.pod_mac, "mtu": a.mtu,
              "sandbox": env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default()}
         ],
-        "ips": [ipc],
-        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY.to_string()}],
+        "ips": ipcs,
+        "routes": routes,
         "dns": conf.dns.clone().unwrap_or_else(|| json!({})),
     })
 }
@@ -166,22 +198,35 @@ fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
         )
     })?;
     let store = LeaseStore::open(&conf.lease_dir)?;
-    let leased = store.find(&env.container_id, &env.ifname)?;
+    let mut leased = store.find(&env.container_id, &env.ifname)?;
     let mut diffs = Vec::new();
-    let prev_ip = prev["ips"]
+    let mut prev_ips: Vec<IpAddr> = prev["ips"]
         .as_array()
-        .and_then(|ips| ips.iter().find_map(|i| i["address"].as_str()))
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse::<Ipv4Addr>().ok())
-        .ok_or_else(|| CniError::new(Code::InvalidConfig, "prevResult.ips has no IPv4 address"))?;
-    match leased {
-        None => diffs.push(format!(
-            "no lease for this attachment (prevResult says {prev_ip})"
-        )),
-        Some(ip) if ip != prev_ip => {
-            diffs.push(format!("lease is {ip}, prevResult says {prev_ip}"))
-        }
-        Some(_) => {}
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str())
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect();
+    if prev_ips.is_empty() {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "prevResult.ips has no address",
+        ));
+    }
+    prev_ips.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    leased.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    if leased != prev_ips {
+        let show = |v: &[IpAddr]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        diffs.push(format!(
+            "leases are [{}], prevResult says [{}]",
+            show(&leased),
+            show(&prev_ips)
+        ));
     }
     let pod_ns = Netns::open(
         env.netns
@@ -193,7 +238,7 @@ fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
     let live = rt.block_on(async {
         let host = connect()?;
         let pod = connect_in(&pod_ns)?;
-        net::inspect(&host, &pod, &host_ifname, &env.ifname, prev_ip).await
+        net::inspect(&host, &pod, &host_ifname, &env.ifname, &prev_ips).await
     })?;
     diffs.extend(live);
     if diffs.is_empty() {
@@ -233,7 +278,7 @@ fn status(conf: &NetConf) -> CniResult<()> {
         ));
     }
     let store = LeaseStore::open(&conf.lease_dir)?;
-    if store.free_count(&conf.pools)? == 0 {
+    if !store.can_allocate(&conf.pools)? {
         return Err(CniError::new(
             Code::NotAvailable,
             "the node's pod range has no free address",

@@ -19,6 +19,7 @@ use iaas_client::actions::{
 use iaas_client::model::{ResourceTagPair, Snapshot, Volume};
 use tonic::{Request, Response, Status};
 
+use crate::cloud::Cloud;
 use crate::csi::controller_server::Controller;
 use crate::csi::{self, controller_service_capability, volume_content_source};
 use crate::error::{Error, Result};
@@ -89,6 +90,7 @@ impl ControllerConfig {
 #[derive(Debug, Clone)]
 pub struct ControllerService {
     client: Client,
+    cloud: Cloud,
     cfg: ControllerConfig,
     inflight: InFlight,
 }
@@ -108,8 +110,10 @@ struct VolumeParams {
 
 impl ControllerService {
     /// A controller using `client` (already configured for the zone).
+    /// Must be called inside a tokio runtime (it starts the batching tasks).
     pub fn new(client: Client, cfg: ControllerConfig) -> Self {
         ControllerService {
+            cloud: Cloud::new(client.clone()),
             client,
             cfg,
             inflight: InFlight::default(),
@@ -259,22 +263,11 @@ impl ControllerService {
     }
 
     async fn volume(&self, id: &str) -> Result<Option<Volume>> {
-        let page = self
-            .client
-            .describe_volumes(&DescribeVolumes {
-                volumes: vec![id.to_string()],
-                ..Default::default()
-            })
-            .await;
-        let page = match page {
-            Ok(p) => p,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(page
-            .items
-            .into_iter()
-            .find(|v| v.volume_id == id && LIVE_VOLUME.contains(&v.status.as_str())))
+        Ok(self
+            .cloud
+            .volume(id)
+            .await?
+            .filter(|v| LIVE_VOLUME.contains(&v.status.as_str())))
     }
 
     async fn volume_by_name(&self, name: &str) -> Result<Option<Volume>> {
@@ -329,44 +322,53 @@ impl ControllerService {
     }
 
     async fn wait(&self, job_id: &str) -> Result<()> {
-        if job_id.is_empty() {
-            return Err(Error::Internal(
-                "the cloud answered without a job id".into(),
-            ));
-        }
-        self.client
-            .wait_job(job_id, Some(self.cfg.job_timeout))
-            .await?;
-        Ok(())
+        self.cloud
+            .wait_job(job_id, self.cfg.job_timeout)
+            .await
+            .map(|_| ())
     }
 
     /// Waits for a volume that exists but is still being created.
     async fn settled_volume(&self, id: &str) -> Result<Volume> {
-        let what = format!("volume {id} to finish its transition");
-        let v = self
+        let deadline = tokio::time::Instant::now() + self.cfg.job_timeout;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let v = self
+                .cloud
+                .volume(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("volume {id} disappeared")))?;
+            if v.transition_status.is_empty() && v.status != "pending" {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(Error::DeadlineExceeded(format!(
+                    "volume {id} still {} after {:?}",
+                    v.transition_status, self.cfg.job_timeout
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Whether the instance behind a node id exists (and is not terminated).
+    async fn instance_exists(&self, instance_id: &str) -> Result<bool> {
+        let page = self
             .client
-            .wait_until(
-                &what,
-                || async {
-                    Ok(self
-                        .client
-                        .describe_volumes(&DescribeVolumes {
-                            volumes: vec![id.to_string()],
-                            ..Default::default()
-                        })
-                        .await?
-                        .items
-                        .into_iter()
-                        .next())
-                },
-                |v: &Option<Volume>| {
-                    v.as_ref()
-                        .is_none_or(|v| v.transition_status.is_empty() && v.status != "pending")
-                },
-                Some(self.cfg.job_timeout),
-            )
-            .await?;
-        v.ok_or_else(|| Error::NotFound(format!("volume {id} disappeared")))
+            .describe_instances(&DescribeInstances {
+                instances: vec![instance_id.to_string()],
+                ..Default::default()
+            })
+            .await;
+        match page {
+            Ok(p) => Ok(p.items.iter().any(|i| {
+                i.instance_id == instance_id
+                    && !matches!(i.status.as_str(), "terminated" | "ceased")
+            })),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The volume once no transition is running on it.
@@ -415,7 +417,7 @@ impl ControllerService {
             });
         }
 
-        let volume_id = match source.as_ref().and_then(|s| s.r#type.as_ref()) {
+        let created = match source.as_ref().and_then(|s| s.r#type.as_ref()) {
             Some(volume_content_source::Type::Snapshot(s)) => {
                 validate::required("volume_content_source.snapshot.snapshot_id", &s.snapshot_id)?;
                 let snap = self.snapshot(&s.snapshot_id).await?.ok_or_else(|| {
@@ -435,8 +437,7 @@ impl ControllerService {
                     })
                     .await?;
                 self.wait(&out.job_id).await?;
-                self.grow_to(&out.volume_id, size_gb).await?;
-                out.volume_id
+                self.grow_to(&out.volume_id, size_gb).await?
             }
             Some(volume_content_source::Type::Volume(s)) => {
                 validate::required("volume_content_source.volume.volume_id", &s.volume_id)?;
@@ -462,8 +463,7 @@ impl ControllerService {
                     out.volumes.into_iter().next().ok_or_else(|| {
                         Error::Internal("CloneVolumes returned no volume id".into())
                     })?;
-                self.grow_to(&id, size_gb).await?;
-                id
+                self.grow_to(&id, size_gb).await?
             }
             None => {
                 let out = self
@@ -476,12 +476,22 @@ impl ControllerService {
                     })
                     .await?;
                 self.wait(&out.job_id).await?;
-                out.volumes
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Error::Internal("CreateVolumes returned no volume id".into()))?
+                let id =
+                    out.volumes.into_iter().next().ok_or_else(|| {
+                        Error::Internal("CreateVolumes returned no volume id".into())
+                    })?;
+                // Everything the response needs is known: no Describe.
+                Volume {
+                    volume_id: id,
+                    volume_name: name.to_string(),
+                    size: size_gb,
+                    volume_type: params.disk_type,
+                    status: "available".into(),
+                    ..Default::default()
+                }
             }
         };
+        let volume_id = created.volume_id.clone();
         if !params.tags.is_empty() {
             self.client
                 .attach_tags(&AttachTags {
@@ -497,17 +507,15 @@ impl ControllerService {
                 })
                 .await?;
         }
-        let v = self.volume(&volume_id).await?.ok_or_else(|| {
-            Error::Internal(format!("volume {volume_id} vanished after creation"))
-        })?;
         Ok(csi::CreateVolumeResponse {
-            volume: Some(self.to_csi_volume(&v, source, &params.fs_type)),
+            volume: Some(self.to_csi_volume(&created, source, &params.fs_type)),
         })
     }
 
-    /// Grows a fresh copy to the requested size when it is smaller.
-    async fn grow_to(&self, volume_id: &str, size_gb: u64) -> Result<()> {
-        let v = self.volume(volume_id).await?.ok_or_else(|| {
+    /// Grows a fresh copy to the requested size when it is smaller;
+    /// returns the volume as it now is.
+    async fn grow_to(&self, volume_id: &str, size_gb: u64) -> Result<Volume> {
+        let mut v = self.volume(volume_id).await?.ok_or_else(|| {
             Error::Internal(format!("volume {volume_id} vanished after creation"))
         })?;
         if v.size < size_gb {
@@ -519,8 +527,9 @@ impl ControllerService {
                 })
                 .await?;
             self.wait(&out.job_id).await?;
+            v.size = size_gb;
         }
-        Ok(())
+        Ok(v)
     }
 
     fn published_nodes(v: &Volume) -> Vec<String> {
@@ -652,25 +661,8 @@ impl Controller for ControllerService {
         // A job still running on it (a retry after a timeout): let it land
         // first, then decide on its outcome.
         let v = self.settle(v).await?;
-        let instance = self
-            .client
-            .describe_instances(&DescribeInstances {
-                instances: vec![req.node_id.clone()],
-                ..Default::default()
-            })
-            .await
-            .map_err(Error::from)?
-            .items
-            .into_iter()
-            .find(|i| {
-                i.instance_id == req.node_id
-                    && !matches!(i.status.as_str(), "terminated" | "ceased")
-            });
-        if instance.is_none() {
-            return Err(
-                Error::NotFound(format!("node {} (instance) does not exist", req.node_id)).into(),
-            );
-        }
+        // An unknown node shows as the cloud's "instance not found" (2100,
+        // NOT_FOUND) from AttachVolumes: no separate lookup needed.
         let attached_to = v
             .instance
             .as_ref()
@@ -688,6 +680,14 @@ impl Controller for ControllerService {
                 }));
             }
         } else if !attached_to.is_empty() {
+            // The spec ranks a missing node before a busy volume.
+            if !self.instance_exists(&req.node_id).await? {
+                return Err(Error::NotFound(format!(
+                    "node {} (instance) does not exist",
+                    req.node_id
+                ))
+                .into());
+            }
             return Err(Error::FailedPrecondition(format!(
                 "volume {} is attached to another node, {attached_to}",
                 v.volume_id

@@ -13,6 +13,7 @@ pub mod csi {
 }
 
 pub mod cli;
+pub mod cloud;
 pub mod controller;
 pub mod device;
 pub mod error;

@@ -871,7 +871,9 @@ fn rollback(st: &mut State, op: &JobOp) -> Vec<Call> {
             }
             Vec::new()
         }
-        JobOp::CreateLoadBalancer { loadbalancer, .. } => {
+        JobOp::CreateLoadBalancer { loadbalancer, eips } => {
+            // The EIPs were reserved ("associating") for the LB: free them again.
+            set_eips(st, eips, None);
             st.remove_loadbalancer(loadbalancer);
             vec![Call::LbDelete(loadbalancer.clone())]
         }

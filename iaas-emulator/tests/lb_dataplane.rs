@@ -839,3 +839,61 @@ fn listener_with_hc(id: &str, port: u16) -> LoadBalancerListener {
     l.healthy_check_option = "100ms|100ms|1|1".into();
     l
 }
+
+#[test]
+fn unassigned_addresses_are_skipped_when_asked() {
+    let be = sa("127.88.10.11:9000");
+    let _s = TcpBackend::start(be, "a");
+    let mut s = spec(
+        "lb-skip",
+        "127.88.10.1",
+        vec![listener("lbl-1", 8000, "tcp", "")],
+        vec![("lbl-1", vec![backend("lbb-1", be, "")])],
+    );
+    // 192.0.2.0/24 is TEST-NET-1: never assigned here; only bound, never dialled.
+    s.bind_addresses.push("192.0.2.55".into());
+    let strict = driver();
+    let e = strict.apply(&s).unwrap_err();
+    assert!(e.0.contains("192.0.2.55:8000"), "{e}");
+    assert!(strict.listening("lb-skip").is_empty());
+    drop(strict);
+    let lenient = ProxyLbDriver::new(ProxyOptions {
+        skip_unassigned_addresses: true,
+        ..ProxyOptions::default()
+    })
+    .unwrap();
+    lenient.apply(&s).unwrap();
+    assert_eq!(
+        lenient.listening("lb-skip"),
+        vec![(sa("127.88.10.1:8000"), false)]
+    );
+    assert_eq!(name_of(sa("127.88.10.1:8000")).unwrap(), "a");
+}
+
+#[test]
+fn http_health_checks_probe_over_http() {
+    let d = driver();
+    let (good, bad) = (sa("127.88.11.11:9000"), sa("127.88.11.12:9000"));
+    let _g = http_backend(good, "good");
+    // Accepts TCP but does not speak HTTP: a tcp check passes, an http one fails.
+    let _b = TcpBackend::start(bad, "not-http");
+    let mut l = listener("lbl-1", 8080, "http", "roundrobin");
+    l.healthy_check_method = "http|/healthz".into();
+    l.healthy_check_option = "100ms|300ms|1|1".into();
+    d.apply(&spec(
+        "lb-hhc",
+        "127.88.11.1",
+        vec![l],
+        vec![(
+            "lbl-1",
+            vec![backend("lbb-good", good, ""), backend("lbb-bad", bad, "")],
+        )],
+    ))
+    .unwrap();
+    wait_until("bad down", || health_of(&d, "lb-hhc", "lbb-bad") == "down");
+    assert_eq!(health_of(&d, "lb-hhc", "lbb-good"), "up");
+    for _ in 0..4 {
+        let (status, body) = get(sa("127.88.11.1:8080"), "svc.test", "/");
+        assert_eq!((status, field(&body, "name").as_str()), (200, "good"));
+    }
+}

@@ -479,24 +479,61 @@ pub struct DesiredBackend {
     pub weight: u32,
 }
 
+/// How a rule's path matches a request path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PathMatch {
+    /// Plain string prefix (`/api` also matches `/apis`); Kubernetes
+    /// `ImplementationSpecific`. Sent as the bare path.
+    #[default]
+    StringPrefix,
+    /// Kubernetes `Prefix`: element-wise (`/api` matches `/api` and
+    /// `/api/x`, not `/apis`). Sent as `~/path`.
+    Prefix,
+    /// Kubernetes `Exact`. Sent as `=/path`.
+    Exact,
+}
+
+impl PathMatch {
+    /// The policy rule value (`url` rule) for `path`.
+    pub fn url_value(self, path: &str) -> String {
+        match self {
+            PathMatch::StringPrefix => path.to_string(),
+            PathMatch::Prefix => format!("~{path}"),
+            PathMatch::Exact => format!("={path}"),
+        }
+    }
+}
+
 /// An L7 routing rule: requests matching host and path go to `backends`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredRule {
     /// Exact host (`a.example.com`) or wildcard (`*.example.com`); `None` matches any host.
     pub host: Option<String>,
-    /// Path prefix starting with `/`; `None` matches any path.
+    /// Path starting with `/` (a prefix unless `path_match` is `Exact`);
+    /// `None` matches any path.
     pub path_prefix: Option<String>,
+    /// How `path_prefix` matches (the data plane picks the most specific
+    /// matching rule: exact host over wildcard, longer path, exact over prefix).
+    #[serde(default)]
+    pub path_match: PathMatch,
     /// Where matching requests go.
     pub backends: Vec<DesiredBackend>,
 }
 
 impl DesiredRule {
-    /// Identity of the rule's cloud policy: a digest of host and path.
+    /// The `url` rule value, when the rule has a path.
+    pub fn url_rule(&self) -> Option<String> {
+        self.path_prefix
+            .as_deref()
+            .map(|p| self.path_match.url_value(p))
+    }
+
+    /// Identity of the rule's cloud policy: a digest of host and path rule.
     pub fn policy_key(&self) -> String {
         short_hash(
             &[
                 self.host.as_deref().unwrap_or(""),
-                self.path_prefix.as_deref().unwrap_or(""),
+                self.url_rule().as_deref().unwrap_or(""),
             ],
             12,
         )
@@ -585,7 +622,10 @@ pub fn canonical_cidr(s: &str) -> Result<String, String> {
     } else {
         u32::MAX << (32 - prefix)
     };
-    Ok(format!("{}/{prefix}", Ipv4Addr::from(u32::from(addr) & mask)))
+    Ok(format!(
+        "{}/{prefix}",
+        Ipv4Addr::from(u32::from(addr) & mask)
+    ))
 }
 
 fn valid_host(h: &str) -> bool {
@@ -627,11 +667,7 @@ fn validate_backends(field: &str, backends: &[DesiredBackend]) -> Result<(), Mod
         if !seen.insert((b.target.resource_id(), b.port)) {
             return Err(ModelError::new(
                 format!("{f}.target"),
-                format!(
-                    "{}:{} is listed twice",
-                    b.target.resource_id(),
-                    b.port
-                ),
+                format!("{}:{} is listed twice", b.target.resource_id(), b.port),
             ));
         }
     }
@@ -763,13 +799,19 @@ impl DesiredListener {
                     format!("{p:?} must start with / and contain no whitespace"),
                 ));
             }
+            if r.path_prefix.is_none() && r.path_match != PathMatch::StringPrefix {
+                return Err(ModelError::new(
+                    format!("{rf}.path_match"),
+                    "an Exact or Prefix match needs a path",
+                ));
+            }
             if r.host.is_none() && r.path_prefix.is_none() {
                 return Err(ModelError::new(
                     rf,
                     "a rule needs a host or a path; use default_backends for everything else",
                 ));
             }
-            if !keys.insert((r.host.clone(), r.path_prefix.clone())) {
+            if !keys.insert((r.host.clone(), r.url_rule())) {
                 return Err(ModelError::new(
                     rf,
                     "another rule of this listener has the same host and path",
@@ -934,7 +976,10 @@ mod tests {
         other.uid = "ffff".into();
         assert_ne!(other.tag_name(), long.tag_name());
         assert_ne!(o.owner_hash(), other.owner_hash());
-        assert!(o.listener_name(80, Protocol::Tcp).starts_with(&o.child_prefix()));
+        assert!(
+            o.listener_name(80, Protocol::Tcp)
+                .starts_with(&o.child_prefix())
+        );
     }
 
     #[test]
@@ -995,6 +1040,7 @@ mod tests {
                     d.listeners[0].rules.push(DesiredRule {
                         host: Some("a.example.com".into()),
                         path_prefix: None,
+                        path_match: PathMatch::StringPrefix,
                         backends: vec![],
                     })
                 }),
@@ -1048,17 +1094,60 @@ mod tests {
         l.rules.push(DesiredRule {
             host: Some("*.example.com".into()),
             path_prefix: Some("/api".into()),
+            path_match: PathMatch::Prefix,
             backends: vec![backend(1)],
         });
         l.rules.push(DesiredRule {
             host: Some("Bad Host".into()),
             path_prefix: None,
+            path_match: PathMatch::StringPrefix,
             backends: vec![],
         });
         d.listeners.push(l);
         assert_eq!(
             d.validate().unwrap_err().field,
             "listeners[2].rules[1].host"
+        );
+    }
+
+    #[test]
+    fn path_match_values_and_keys() {
+        let mut r = DesiredRule {
+            host: None,
+            path_prefix: Some("/a".into()),
+            path_match: PathMatch::StringPrefix,
+            backends: vec![],
+        };
+        assert_eq!(r.url_rule().as_deref(), Some("/a"));
+        let k1 = r.policy_key();
+        r.path_match = PathMatch::Prefix;
+        assert_eq!(r.url_rule().as_deref(), Some("~/a"));
+        let k2 = r.policy_key();
+        r.path_match = PathMatch::Exact;
+        assert_eq!(r.url_rule().as_deref(), Some("=/a"));
+        assert!(k1 != k2 && k2 != r.policy_key());
+        // Exact and Prefix on the same path are different rules.
+        let mut d = lb();
+        d.listeners[0].protocol = Protocol::Http;
+        let mut exact = r.clone();
+        exact.backends = vec![backend(1)];
+        let mut prefix = exact.clone();
+        prefix.path_match = PathMatch::Prefix;
+        d.listeners[0].rules = vec![exact.clone(), prefix];
+        assert!(d.validate().is_ok());
+        d.listeners[0].rules = vec![exact.clone(), exact];
+        assert_eq!(d.validate().unwrap_err().field, "listeners[0].rules[1]");
+        let mut d = lb();
+        d.listeners[0].protocol = Protocol::Http;
+        d.listeners[0].rules = vec![DesiredRule {
+            host: Some("a.b".into()),
+            path_prefix: None,
+            path_match: PathMatch::Exact,
+            backends: vec![],
+        }];
+        assert_eq!(
+            d.validate().unwrap_err().field,
+            "listeners[0].rules[0].path_match"
         );
     }
 

@@ -186,9 +186,11 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
         {
             lbs[i].push(lb.clone());
         }
-        // A create call whose tagging never happened (crash) is found by name.
+        // A create call whose tagging never happened (crash) is found by
+        // name. A reused LB is never created by us, so no search then.
         let name = r.owner.lb_name();
-        if !lbs[i].iter().any(|lb| lb.loadbalancer_name == name) {
+        let reusing = r.desired.is_some_and(|d| d.reuse_existing.is_some());
+        if !reusing && !lbs[i].iter().any(|lb| lb.loadbalancer_name == name) {
             let found = client
                 .describe_load_balancers_all(&DescribeLoadBalancers {
                     search_word: Some(name.clone()),
@@ -200,7 +202,9 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
             for lb in found {
                 if lb.loadbalancer_name == name
                     && !is_gone(&lb.status)
-                    && !lbs[i].iter().any(|x| x.loadbalancer_id == lb.loadbalancer_id)
+                    && !lbs[i]
+                        .iter()
+                        .any(|x| x.loadbalancer_id == lb.loadbalancer_id)
                 {
                     lbs[i].push(lb);
                 }
@@ -293,7 +297,11 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
     // Rules: one filtered call for a single group, else one listing of all rules.
     let sg_ids: Vec<String> = out
         .iter()
-        .filter_map(|o| o.security_group.as_ref().map(|s| s.security_group_id.clone()))
+        .filter_map(|o| {
+            o.security_group
+                .as_ref()
+                .map(|s| s.security_group_id.clone())
+        })
         .collect();
     if !sg_ids.is_empty() {
         let req = if sg_ids.len() == 1 {
@@ -478,9 +486,11 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
             .collect();
         let missing = match r.desired {
             None => r.owner.kind != OwnerKind::Service || uses_l7(&out[i]),
-            Some(d) => d.listeners.iter().flat_map(|l| &l.certificates).any(|c| {
-                !names.contains(&r.owner.certificate_name(&c.fingerprint()))
-            }),
+            Some(d) => d
+                .listeners
+                .iter()
+                .flat_map(|l| &l.certificates)
+                .any(|c| !names.contains(&r.owner.certificate_name(&c.fingerprint()))),
         };
         if missing {
             let prefix = format!("{}c_", r.owner.child_prefix());
@@ -543,7 +553,9 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
         Some(d) => d.listeners.iter().flat_map(|l| &l.rules).any(|rule| {
             let name = r.owner.policy_name(&rule.policy_key());
             !rule.backends.is_empty()
-                && !policies.values().any(|p| p.loadbalancer_policy_name == name)
+                && !policies
+                    .values()
+                    .any(|p| p.loadbalancer_policy_name == name)
         }),
     });
     if needs_listing {
@@ -555,7 +567,9 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
             .await
             .map_err(wrap("list policies"))?;
         for p in all {
-            policies.entry(p.loadbalancer_policy_id.clone()).or_insert(p);
+            policies
+                .entry(p.loadbalancer_policy_id.clone())
+                .or_insert(p);
         }
     }
     for (i, r) in reqs.iter().enumerate() {
@@ -587,9 +601,9 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
 /// Whether an observed LB has L7 listeners (so certificates/policies may exist).
 fn uses_l7(o: &ObservedLb) -> bool {
     o.lb.iter().chain(o.stale_lbs.iter()).any(|lb| {
-        lb.listeners.iter().any(|l| {
-            Protocol::parse(&l.listener_protocol).is_some_and(Protocol::is_l7)
-        })
+        lb.listeners
+            .iter()
+            .any(|l| Protocol::parse(&l.listener_protocol).is_some_and(Protocol::is_l7))
     })
 }
 

@@ -12,10 +12,20 @@ use iaas_client::model::{LoadBalancer, LoadBalancerBackend, LoadBalancerListener
 
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_HEALTH_CHECK, DesiredBackend, DesiredLb, DesiredListener, EipSource,
-    HealthCheckMethod, LbNetwork, LbOwner, Protocol,
+    DEFAULT_HEALTH_CHECK, DesiredBackend, DesiredLb, DesiredListener, EipSource, HealthCheckMethod,
+    LbNetwork, LbOwner, Protocol,
 };
 use crate::observe::{ObservedLb, has_tag, is_gone};
+
+/// A private key inside a plan: compared and cloned, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// Taggable resource types (the API's `resource_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,8 +242,8 @@ pub enum Op {
         name: String,
         /// PEM chain.
         pem_chain: String,
-        /// PEM key.
-        pem_key: String,
+        /// PEM key (redacted in `Debug`).
+        pem_key: Secret,
     },
     /// Create an L7 policy with its rules.
     CreatePolicy {
@@ -627,14 +637,15 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
             name: owner.tag_name(),
         });
     }
-    let adopt = |ph: &mut Phases, rt: ResourceType, id: &str, tags: &[iaas_client::model::TagRef]| {
-        if !has_tag(tags, tag) {
-            ph.adopt.push(Op::AttachTag {
-                resource_type: rt,
-                resource_id: id.to_string(),
-            });
-        }
-    };
+    let adopt =
+        |ph: &mut Phases, rt: ResourceType, id: &str, tags: &[iaas_client::model::TagRef]| {
+            if !has_tag(tags, tag) {
+                ph.adopt.push(Op::AttachTag {
+                    resource_type: rt,
+                    resource_id: id.to_string(),
+                });
+            }
+        };
     let reuse = desired.reuse_existing.as_deref();
 
     // ---- which LB
@@ -652,7 +663,8 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
         }
         None => {
             if let Some(lb) = current
-                && (lb.loadbalancer_name != owner.lb_name() || network_mismatch(lb, &desired.network))
+                && (lb.loadbalancer_name != owner.lb_name()
+                    || network_mismatch(lb, &desired.network))
             {
                 stale.push(lb);
                 current = None;
@@ -660,7 +672,12 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
         }
     }
     if let Some(lb) = current {
-        adopt(&mut ph, ResourceType::LoadBalancer, &lb.loadbalancer_id, &lb.tags);
+        adopt(
+            &mut ph,
+            ResourceType::LoadBalancer,
+            &lb.loadbalancer_id,
+            &lb.tags,
+        );
         refs.lb = Some(lb.loadbalancer_id.clone());
     }
     for lb in &stale {
@@ -743,7 +760,8 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
     }
     for sg in &obs.extra_security_groups {
         // Tagged leftovers of a crash; only deletable once no LB uses them.
-        let used_by_live_lb = current.is_some_and(|lb| lb.security_group_id == sg.security_group_id);
+        let used_by_live_lb =
+            current.is_some_and(|lb| lb.security_group_id == sg.security_group_id);
         if !used_by_live_lb {
             ph.del_sgs.push(Op::DeleteSecurityGroup {
                 id: sg.security_group_id.clone(),
@@ -903,7 +921,7 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
                 fingerprint: fp.clone(),
                 name: owner.certificate_name(fp),
                 pem_chain: c.pem_chain.clone(),
-                pem_key: c.pem_key.clone(),
+                pem_key: Secret(c.pem_key.clone()),
             });
         }
     }
@@ -915,7 +933,7 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
             if !r.backends.is_empty() {
                 want_policies.insert(
                     r.policy_key(),
-                    policy_rules(r.host.as_deref(), r.path_prefix.as_deref()),
+                    policy_rules(r.host.as_deref(), r.url_rule().as_deref()),
                 );
             }
         }
@@ -1013,11 +1031,8 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
                 // listener are fixed, so delete it and add a new one.
                 if let Some(o) = other {
                     matched.insert(o.loadbalancer_listener_id.clone());
-                    ph.del_backends.extend(
-                        o.backends
-                            .iter()
-                            .map(|b| b.loadbalancer_backend_id.clone()),
-                    );
+                    ph.del_backends
+                        .extend(o.backends.iter().map(|b| b.loadbalancer_backend_id.clone()));
                     ph.del_listeners.push(o.loadbalancer_listener_id.clone());
                 }
                 ph.add_listeners.push(ListenerAdd {
@@ -1042,11 +1057,8 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
     }
     for l in observed.values().chain(unmatched.iter()) {
         if !matched.contains(&l.loadbalancer_listener_id) {
-            ph.del_backends.extend(
-                l.backends
-                    .iter()
-                    .map(|b| b.loadbalancer_backend_id.clone()),
-            );
+            ph.del_backends
+                .extend(l.backends.iter().map(|b| b.loadbalancer_backend_id.clone()));
             ph.del_listeners.push(l.loadbalancer_listener_id.clone());
             matched.insert(l.loadbalancer_listener_id.clone());
         }
@@ -1054,7 +1066,8 @@ pub fn plan(desired: &DesiredLb, obs: &ObservedLb) -> Result<Plan> {
     let changed = ph.listener_changes();
     let unapplied = lb_for_listeners.is_some_and(|lb| lb.is_applied == 0);
     if changed || unapplied {
-        ph.update.push(Op::UpdateLoadBalancer { lb: LbRef::Current });
+        ph.update
+            .push(Op::UpdateLoadBalancer { lb: LbRef::Current });
     }
     Ok(Plan {
         refs,
@@ -1102,7 +1115,10 @@ fn listener_change(
     let cert_ids: Option<Vec<&String>> = want.certificates.iter().map(|fp| certs.get(fp)).collect();
     let certs_equal = cert_ids.is_some_and(|ids| {
         ids.len() == o.server_certificate_id.len()
-            && ids.iter().zip(&o.server_certificate_id).all(|(a, b)| *a == b)
+            && ids
+                .iter()
+                .zip(&o.server_certificate_id)
+                .all(|(a, b)| *a == b)
     });
     ListenerChange {
         backend_protocol: diff(&o.backend_protocol, &want.backend_protocol),
@@ -1133,7 +1149,10 @@ fn diff_backends(
         if b.loadbalancer_policy_id.is_empty() {
             Some(None)
         } else {
-            policy_key_of.get(&b.loadbalancer_policy_id).cloned().map(Some)
+            policy_key_of
+                .get(&b.loadbalancer_policy_id)
+                .cloned()
+                .map(Some)
         }
     };
     let mut left_obs: Vec<&LoadBalancerBackend> = Vec::new();
@@ -1143,10 +1162,9 @@ fn diff_backends(
             ph.del_backends.push(b.loadbalancer_backend_id.clone());
             continue;
         };
-        match left_want
-            .iter()
-            .position(|(wk, w)| *wk == k && w.target.resource_id() == b.resource_id && w.port == b.port)
-        {
+        match left_want.iter().position(|(wk, w)| {
+            *wk == k && w.target.resource_id() == b.resource_id && w.port == b.port
+        }) {
             Some(pos) => {
                 let (_, w) = left_want.remove(pos);
                 if w.weight != b.weight {
@@ -1281,7 +1299,11 @@ pub fn plan_delete(owner: &LbOwner, obs: &ObservedLb) -> Plan {
     if !release.is_empty() {
         ops.push(Op::ReleaseEips { ids: release });
     }
-    for sg in obs.security_group.iter().chain(obs.extra_security_groups.iter()) {
+    for sg in obs
+        .security_group
+        .iter()
+        .chain(obs.extra_security_groups.iter())
+    {
         ops.push(Op::DeleteSecurityGroup {
             id: sg.security_group_id.clone(),
         });
@@ -1365,11 +1387,13 @@ mod tests {
             DesiredRule {
                 host: Some("a.example.com".into()),
                 path_prefix: Some("/api".into()),
+                path_match: PathMatch::Prefix,
                 backends: vec![be("i-1", 30001, 1)],
             },
             DesiredRule {
                 host: Some("*.example.com".into()),
                 path_prefix: None,
+                path_match: PathMatch::StringPrefix,
                 backends: vec![be("i-2", 30002, 1)],
             },
         ];
@@ -1414,7 +1438,7 @@ mod tests {
                     loadbalancer_policy_name: o.policy_name(&key),
                     operator: "and".into(),
                     is_applied: 1,
-                    rules: policy_rules(r.host.as_deref(), r.path_prefix.as_deref())
+                    rules: policy_rules(r.host.as_deref(), r.url_rule().as_deref())
                         .into_iter()
                         .map(|(t, v)| LoadBalancerPolicyRule {
                             loadbalancer_policy_id: id.clone(),
@@ -1480,7 +1504,11 @@ mod tests {
                     healthy_check_option: a.healthy_check_option,
                     session_sticky: a.session_sticky,
                     forwardfor: a.forwardfor,
-                    server_certificate_id: a.certificates.iter().map(|fp| certs[fp].clone()).collect(),
+                    server_certificate_id: a
+                        .certificates
+                        .iter()
+                        .map(|fp| certs[fp].clone())
+                        .collect(),
                     backends,
                     ..Default::default()
                 }
@@ -1603,8 +1631,11 @@ mod tests {
         ];
         // add a port
         let mut d = l4();
-        d.listeners
-            .push(DesiredListener::l4(53, Protocol::Udp, vec![be("i-1", 30053, 1)]));
+        d.listeners.push(DesiredListener::l4(
+            53,
+            Protocol::Udp,
+            vec![be("i-1", 30053, 1)],
+        ));
         cases.push(Case {
             name: "add port",
             desired: d,
@@ -1818,8 +1849,7 @@ mod tests {
             ],
         });
         for c in cases {
-            let p = plan(&c.desired, &c.observed)
-                .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            let p = plan(&c.desired, &c.observed).unwrap_or_else(|e| panic!("{}: {e}", c.name));
             assert_eq!(p.kinds(), c.want, "case {:?}: {:#?}", c.name, p.ops);
         }
     }
@@ -1924,8 +1954,14 @@ mod tests {
         let mut d = l7();
         d.listeners[1].certificates = vec![cert("B")];
         let p = plan(&d, &converged(&l7())).unwrap();
+        assert!(
+            !format!("{p:?}").contains("PRIVATE KEY"),
+            "keys must not be printed"
+        );
         let fp = cert("B").fingerprint();
-        assert!(matches!(&p.ops[0], Op::UploadCertificate { fingerprint, .. } if *fingerprint == fp));
+        assert!(
+            matches!(&p.ops[0], Op::UploadCertificate { fingerprint, .. } if *fingerprint == fp)
+        );
         assert_eq!(
             p.ops[1],
             Op::ModifyListener {
@@ -2014,11 +2050,18 @@ mod tests {
         // Untagged at first: adopted by tag, nothing else, no SG or EIP.
         let mut fresh = obs.clone();
         lb_mut(&mut fresh).tags.clear();
-        lb_mut(&mut fresh).listeners.retain(|l| l.listener_port == 443);
+        lb_mut(&mut fresh)
+            .listeners
+            .retain(|l| l.listener_port == 443);
         let p = plan(&d, &fresh).unwrap();
         assert_eq!(
             p.kinds(),
-            vec!["AttachTag", "AddListeners", "AddBackends", "UpdateLoadBalancer"]
+            vec![
+                "AttachTag",
+                "AddListeners",
+                "AddBackends",
+                "UpdateLoadBalancer"
+            ]
         );
         // A port taken by the user's listener is a conflict.
         let mut d2 = d.clone();
@@ -2059,9 +2102,16 @@ mod tests {
         let p = plan(&l4(), &obs).unwrap();
         assert_eq!(
             p.kinds(),
-            vec!["CreateLoadBalancer", "AddListeners", "AddBackends", "UpdateLoadBalancer"]
+            vec![
+                "CreateLoadBalancer",
+                "AddListeners",
+                "AddBackends",
+                "UpdateLoadBalancer"
+            ]
         );
-        assert!(matches!(&p.ops[0], Op::CreateLoadBalancer { eips, .. } if eips == &vec![EipRef::Id("eip-own".into())]));
+        assert!(
+            matches!(&p.ops[0], Op::CreateLoadBalancer { eips, .. } if eips == &vec![EipRef::Id("eip-own".into())])
+        );
         // A user's EIP bound to someone else.
         let mut d = l4();
         d.network = LbNetwork::Public {

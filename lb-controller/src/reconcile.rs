@@ -114,14 +114,17 @@ impl Reconciler {
     }
 
     /// Reads the cloud state of one owner.
-    pub async fn observe(&self, owner: &LbOwner, desired: Option<&DesiredLb>) -> Result<ObservedLb> {
+    pub async fn observe(
+        &self,
+        owner: &LbOwner,
+        desired: Option<&DesiredLb>,
+    ) -> Result<ObservedLb> {
         crate::observe::observe(&self.client, owner, desired).await
     }
 
     /// Observes, waiting (bounded) while any of the owner's LBs is in a transition.
     async fn settled(&self, owner: &LbOwner, desired: Option<&DesiredLb>) -> Result<ObservedLb> {
         let start = Instant::now();
-        let mut delay = Duration::from_millis(100);
         loop {
             let obs = self.observe(owner, desired).await?;
             let busy = obs
@@ -141,8 +144,6 @@ impl Reconciler {
             }
             debug!(lb = %lb.loadbalancer_id, transition = %lb.transition_status, "waiting for load balancer to settle");
             self.wait_lb_idle(&lb.loadbalancer_id, start).await?;
-            delay = (delay * 2).min(Duration::from_secs(2));
-            tokio::time::sleep(delay.min(Duration::from_millis(50))).await;
         }
     }
 
@@ -210,7 +211,11 @@ impl Reconciler {
         let mut results: Vec<Option<Result<LbStatus>>> = desired.iter().map(|_| None).collect();
         let mut valid = Vec::new();
         for (i, d) in desired.iter().enumerate() {
-            match d.validate().map_err(Error::from).and_then(|_| self.check_owner(&d.owner)) {
+            match d
+                .validate()
+                .map_err(Error::from)
+                .and_then(|_| self.check_owner(&d.owner))
+            {
                 Ok(()) => valid.push(i),
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -255,10 +260,18 @@ impl Reconciler {
         let p = plan(desired, obs)?;
         let reused = desired.reuse_existing.is_some();
         if p.is_empty() {
-            let lb = obs.lb.as_ref().ok_or_else(|| {
-                Error::Conflict("empty plan without a load balancer".to_string())
-            })?;
-            return Ok(status_of(lb, obs.security_group.as_ref().map(|s| s.security_group_id.clone()), reused, 0));
+            let lb = obs
+                .lb
+                .as_ref()
+                .ok_or_else(|| Error::Conflict("empty plan without a load balancer".to_string()))?;
+            return Ok(status_of(
+                lb,
+                obs.security_group
+                    .as_ref()
+                    .map(|s| s.security_group_id.clone()),
+                reused,
+                0,
+            ));
         }
         info!(owner = %desired.owner, ops = ?p.kinds(), "ensuring load balancer");
         let n = p.ops.len();
@@ -346,13 +359,20 @@ fn missing(what: &str) -> Error {
 
 impl Exec<'_> {
     fn tag(&self) -> Result<String> {
-        self.refs.tag.clone().ok_or_else(|| missing("the ownership tag"))
+        self.refs
+            .tag
+            .clone()
+            .ok_or_else(|| missing("the ownership tag"))
     }
 
     fn lb(&self, r: &LbRef) -> Result<String> {
         match r {
             LbRef::Id(id) => Ok(id.clone()),
-            LbRef::Current => self.refs.lb.clone().ok_or_else(|| missing("the load balancer")),
+            LbRef::Current => self
+                .refs
+                .lb
+                .clone()
+                .ok_or_else(|| missing("the load balancer")),
         }
     }
 
@@ -611,7 +631,7 @@ impl Exec<'_> {
                     .create_server_certificate(&CreateServerCertificate {
                         server_certificate_name: Some(name.clone()),
                         certificate_content: pem_chain.clone(),
-                        private_key: pem_key.clone(),
+                        private_key: pem_key.0.clone(),
                     })
                     .await
                     .map_err(|e| Error::iaas("upload certificate", e))?;
@@ -806,9 +826,14 @@ impl Exec<'_> {
                 self.deferred.extend(jobs);
             }
             Op::DeleteSecurityGroup { id } => {
-                self.delete_ids("delete security group", std::slice::from_ref(id), |ids| async move {
-                    c.delete_security_groups(&DeleteSecurityGroups::new(ids)).await
-                })
+                self.delete_ids(
+                    "delete security group",
+                    std::slice::from_ref(id),
+                    |ids| async move {
+                        c.delete_security_groups(&DeleteSecurityGroups::new(ids))
+                            .await
+                    },
+                )
                 .await?;
                 if self.refs.security_group.as_ref() == Some(id) {
                     self.refs.security_group = None;
@@ -830,9 +855,11 @@ impl Exec<'_> {
                         .await
                         .map_err(|e| Error::iaas("wait for jobs", e))?;
                 }
-                self.delete_ids("delete ownership tag", std::slice::from_ref(id), |ids| async move {
-                    c.delete_tags(&DeleteTags::new(ids)).await
-                })
+                self.delete_ids(
+                    "delete ownership tag",
+                    std::slice::from_ref(id),
+                    |ids| async move { c.delete_tags(&DeleteTags::new(ids)).await },
+                )
                 .await?;
                 self.refs.tag = None;
             }

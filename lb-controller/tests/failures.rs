@@ -70,12 +70,11 @@ async fn delete_waits_for_stuck_lb_then_succeeds() {
         .update_load_balancers(&UpdateLoadBalancers::new([lb.clone()]))
         .await
         .unwrap();
-    let impatient = Reconciler::new(client_for(&cloud.emu), CLUSTER).with_options(
-        ReconcilerOptions {
+    let impatient =
+        Reconciler::new(client_for(&cloud.emu), CLUSTER).with_options(ReconcilerOptions {
             transition_timeout: Duration::from_millis(300),
             job_timeout: Some(Duration::from_millis(300)),
-        },
-    );
+        });
     let e = impatient.delete(&d.owner).await.unwrap_err();
     assert!(matches!(e, Error::Busy { .. }), "{e}");
     assert!(e.is_retryable());
@@ -199,6 +198,7 @@ async fn full_calls(cloud: &Cloud, d: &DesiredLb) -> (u64, u64) {
 async fn crash_matrix(cloud: &Cloud, make: impl Fn(usize) -> DesiredLb) {
     let (ensure_calls, delete_calls) = full_calls(cloud, &make(1000)).await;
     assert!(ensure_calls > 5 && delete_calls > 3);
+    let mut crashed = 0;
     for n in 1..ensure_calls {
         let d = make(n as usize);
         let r = cloud.reconciler();
@@ -207,6 +207,7 @@ async fn crash_matrix(cloud: &Cloud, make: impl Fn(usize) -> DesiredLb) {
             let _ = r.ensure(&d2).await;
         })
         .await;
+        crashed += usize::from(!finished);
         let fresh = cloud.reconciler();
         fresh
             .ensure(&d)
@@ -229,6 +230,11 @@ async fn crash_matrix(cloud: &Cloud, make: impl Fn(usize) -> DesiredLb) {
             .unwrap_or_else(|e| panic!("delete after a crash at call {n}: {e}"));
         cloud.assert_clean(&[]).await;
     }
+    // Most runs must really have been cut short for this to prove anything.
+    assert!(
+        crashed * 2 >= ensure_calls as usize,
+        "only {crashed} of {ensure_calls} ensure runs crashed"
+    );
     for n in 1..delete_calls {
         let d = make(10_000 + n as usize);
         let r = cloud.reconciler();

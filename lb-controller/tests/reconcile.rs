@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use iaas_client::actions::*;
-use lb_controller::model::*;
 use lb_controller::Error;
+use lb_controller::model::*;
 
 #[tokio::test]
 async fn ensure_creates_everything_and_second_ensure_writes_nothing() {
@@ -48,8 +48,10 @@ async fn ensure_creates_everything_and_second_ensure_writes_nothing() {
         })
         .await
         .unwrap();
-    let mut got: Vec<(String, String)> =
-        rules.iter().map(|r| (r.protocol.clone(), r.val3.clone())).collect();
+    let mut got: Vec<(String, String)> = rules
+        .iter()
+        .map(|r| (r.protocol.clone(), r.val3.clone()))
+        .collect();
     got.sort();
     assert_eq!(
         got,
@@ -104,8 +106,11 @@ async fn update_paths_converge_and_then_write_nothing() {
     r.ensure(&d).await.unwrap();
 
     // Add a port.
-    d.listeners
-        .push(DesiredListener::l4(8080, Protocol::Tcp, vec![backend(&inst[0], 31000)]));
+    d.listeners.push(DesiredListener::l4(
+        8080,
+        Protocol::Tcp,
+        vec![backend(&inst[0], 31000)],
+    ));
     cloud.emu.reset_stats();
     r.ensure(&d).await.unwrap();
     let w = cloud.writes();
@@ -119,7 +124,11 @@ async fn update_paths_converge_and_then_write_nothing() {
     cloud.emu.reset_stats();
     r.ensure(&d).await.unwrap();
     let w = cloud.writes();
-    assert_eq!(w.get("ModifyLoadBalancerBackendAttributes"), Some(&1), "{w:?}");
+    assert_eq!(
+        w.get("ModifyLoadBalancerBackendAttributes"),
+        Some(&1),
+        "{w:?}"
+    );
     assert!(!w.contains_key("AddLoadBalancerBackends"), "{w:?}");
     check_idle(&cloud, &r, &d, "weight").await;
 
@@ -149,7 +158,11 @@ async fn update_paths_converge_and_then_write_nothing() {
     cloud.emu.reset_stats();
     r.ensure(&d).await.unwrap();
     let w = cloud.writes();
-    assert_eq!(w.get("ModifyLoadBalancerListenerAttributes"), Some(&1), "{w:?}");
+    assert_eq!(
+        w.get("ModifyLoadBalancerListenerAttributes"),
+        Some(&1),
+        "{w:?}"
+    );
     check_idle(&cloud, &r, &d, "attributes").await;
 
     // Source ranges: rules replaced and applied.

@@ -132,7 +132,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             body,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -192,7 +196,13 @@ mod tests {
         let get = |p: &'static str| {
             let http = http.clone();
             let base = base.clone();
-            async move { http.get(format!("{base}{p}")).send().await.unwrap().status() }
+            async move {
+                http.get(format!("{base}{p}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
         };
         assert_eq!(get("/healthz").await, 200);
         assert_eq!(get("/readyz").await, 503);

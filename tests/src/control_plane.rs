@@ -39,9 +39,9 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 /// How long etcd may take to accept connections.
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the apiserver may take to report ready. Generous: on a loaded
-/// two-core machine the first start (RBAC bootstrap, etcd compaction setup)
-/// has been seen to take tens of seconds.
+/// How long the apiserver may take to report ready. It takes a few seconds
+/// on an idle machine; the margin is for cores shared with parallel builds
+/// and tests, since a spurious start-up failure costs more than a slow one.
 const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bytes of a process's log quoted in start-up errors.
 const LOG_TAIL_BYTES: u64 = 4000;

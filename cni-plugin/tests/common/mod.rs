@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -189,6 +189,50 @@ pub fn conf(cidr: &str, dir: &Path) -> String {
     .to_string()
 }
 
+/// The source address a listener at `to_addr` in `to` sees for a TCP
+/// connection from namespace `from` (`None`: no connection).
+pub fn seen_source(from: &str, to: &str, to_addr: Ipv4Addr) -> Option<IpAddr> {
+    let listener = in_netns(to, move || TcpListener::bind((to_addr, 0)).unwrap());
+    listener.set_nonblocking(false).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || listener.accept().ok().map(|(_, peer)| peer.ip()));
+    let ok = in_netns(from, move || {
+        TcpStream::connect_timeout(&SocketAddr::from((to_addr, port)), Duration::from_secs(2))
+            .is_ok()
+    });
+    if !ok {
+        // Unblock the accept.
+        in_netns(to, move || {
+            let _ = TcpStream::connect_timeout(
+                &SocketAddr::from((to_addr, port)),
+                Duration::from_secs(1),
+            );
+        });
+        let _ = server.join();
+        return None;
+    }
+    server.join().unwrap()
+}
+
+/// Every address of an ADD result, in order.
+pub fn result_ips(run: &Run) -> Vec<IpAddr> {
+    run.json["ips"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ips in {}", run.stdout))
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The IPv4 address of an ADD result.
 pub fn result_ip(run: &Run) -> Ipv4Addr {
     let a = run.json["ips"][0]["address"]
@@ -199,6 +243,11 @@ pub fn result_ip(run: &Run) -> Ipv4Addr {
 
 /// Whether TCP from namespace `from` reaches a listener at `to_addr` in `to`.
 pub fn tcp_reaches(from: &str, to: &str, to_addr: Ipv4Addr) -> bool {
+    tcp_reaches_ip(from, to, to_addr.into())
+}
+
+/// [`tcp_reaches`] for either family.
+pub fn tcp_reaches_ip(from: &str, to: &str, to_addr: IpAddr) -> bool {
     let listener = in_netns(to, move || TcpListener::bind((to_addr, 0)).unwrap());
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {

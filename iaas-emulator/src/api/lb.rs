@@ -785,10 +785,13 @@ pub fn add_policy_rules(ctx: &mut Ctx<'_>, p: &Params) -> ApiResult<Reply> {
                 }
             }
             "url" => {
-                if !val.starts_with('/') {
+                // `/p` is a string prefix; `=/p` an exact path and `~/p` an
+                // element-wise prefix (Kubernetes Exact and Prefix pathTypes).
+                let path = val.strip_prefix(['=', '~']).unwrap_or(&val);
+                if !path.starts_with('/') {
                     return Err(ApiError::invalid(
                         &format!("rules.{n}.val"),
-                        format!("{val:?} is not a path starting with /"),
+                        format!("{val:?} is not a path starting with / (optionally after = or ~)"),
                     ));
                 }
             }

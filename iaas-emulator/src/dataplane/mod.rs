@@ -265,7 +265,13 @@ impl DataPlane {
             "network: control plane only (namespaces need root and ip)".to_string()
         };
         // Proxies need no privilege: without root the EIP pool is on loopback.
-        let lbs_line = match lb::ProxyLbDriver::new(lb::ProxyOptions::default()) {
+        // Private LB addresses exist only when the network data plane builds
+        // the VPC; until then listeners on them are skipped, not failed.
+        let lb_options = lb::ProxyOptions {
+            skip_unassigned_addresses: true,
+            ..lb::ProxyOptions::default()
+        };
+        let lbs_line = match lb::ProxyLbDriver::new(lb_options) {
             Ok(driver) => {
                 plane.lbs = Arc::new(driver);
                 "load balancers: tcp/udp/http/https proxies on the LB addresses".to_string()

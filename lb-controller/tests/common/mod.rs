@@ -93,7 +93,6 @@ impl Cloud {
             .unwrap()
             .into_iter()
             .find(|v| v.router.is_some())
-            .or_else(|| None)
             .map(|v| v.vxnet_id)
             .expect("a managed vxnet is seeded")
     }
@@ -217,11 +216,15 @@ pub fn l7(name: &str, instances: &[String], cert_name: &str) -> DesiredLb {
         DesiredRule {
             host: Some("a.example.com".into()),
             path_prefix: Some("/api".into()),
+            // Plain prefixes: the emulator's API accepts `~`/`=` url rules
+            // only once its L7 data plane lands.
+            path_match: PathMatch::StringPrefix,
             backends: vec![backend(&instances[1], 30001)],
         },
         DesiredRule {
             host: Some("*.example.com".into()),
             path_prefix: None,
+            path_match: PathMatch::StringPrefix,
             backends: vec![backend(&instances[2], 30002)],
         },
     ];

@@ -47,10 +47,43 @@ async fn main() -> anyhow::Result<()> {
     config.rate_limit.qps = 200;
     config.rate_limit.burst = 200;
     let client = iaas_client::Client::new(config)?;
-    let counter = client.clone();
+    // Count every IaaS call any component makes: the emulator sees them all.
+    let emulator = std::sync::Arc::new(emulator);
+    let counter = emulator.clone();
     let mut walk = Walk::new(move || counter.stats().values().map(|s| s.calls).sum());
 
     suite_tests::iaas_walk::run(&mut walk, &client).await;
+
+    if iaas_emulator::dataplane::disk::supported() {
+        let node = client
+            .describe_instances_all(&iaas_client::actions::DescribeInstances { status: vec!["running".into()], ..Default::default() })
+            .await?
+            .into_iter()
+            .next()
+            .map(|i| i.instance_id);
+        match (suite_tests::cni_walk::sibling_binary("csi-driver"), node) {
+            (Ok(driver), Some(node_id)) => {
+                let csi = suite_tests::csi_walk::CsiWalk {
+                    driver,
+                    iaas_config: emulator.credentials_file(),
+                    node_id,
+                    scratch: temp.path().join("csi"),
+                };
+                csi.run(&mut walk).await;
+            }
+            (Err(e), _) => {
+                walk.section("CSI: block disks through the driver's gRPC socket");
+                walk.skip("volume lifecycle", &format!("{e:#}"));
+            }
+            (_, None) => {
+                walk.section("CSI: block disks through the driver's gRPC socket");
+                walk.skip("volume lifecycle", "no running instance to attach to");
+            }
+        }
+    } else {
+        walk.section("CSI: block disks through the driver's gRPC socket");
+        walk.skip("volume lifecycle", "needs root and losetup (disks are loop devices)");
+    }
 
     if iaas_emulator::dataplane::network::supported() {
         match suite_tests::cni_walk::plugin_path() {
@@ -72,7 +105,9 @@ async fn main() -> anyhow::Result<()> {
     let stats = emulator.stats();
     let calls: u64 = stats.values().map(|s| s.calls).sum();
     println!("emulator served {calls} calls over {} actions", stats.len());
-    emulator.shutdown().await;
+    if let Ok(emulator) = std::sync::Arc::try_unwrap(emulator) {
+        emulator.shutdown().await;
+    }
     // The walk's namespaces, loop devices and proxies go with it.
     for (kind, result) in [
         ("load balancers", data_plane.lbs.shutdown()),

@@ -97,6 +97,10 @@ pub struct ProxyOptions {
     pub udp_idle_timeout: Duration,
     /// Proxy runtime worker threads.
     pub worker_threads: usize,
+    /// Skip (with a warning) bind addresses not assigned on this machine
+    /// instead of failing the apply; [`ProxyLbDriver::listening`] shows what
+    /// is bound. For the emulator without its network data plane.
+    pub skip_unassigned_addresses: bool,
 }
 
 impl Default for ProxyOptions {
@@ -107,6 +111,7 @@ impl Default for ProxyOptions {
             connect_timeout: Duration::from_secs(5),
             udp_idle_timeout: Duration::from_secs(60),
             worker_threads: 2,
+            skip_unassigned_addresses: false,
         }
     }
 }
@@ -119,6 +124,7 @@ impl fmt::Debug for ProxyOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("udp_idle_timeout", &self.udp_idle_timeout)
             .field("worker_threads", &self.worker_threads)
+            .field("skip_unassigned_addresses", &self.skip_unassigned_addresses)
             .finish()
     }
 }
@@ -446,6 +452,15 @@ impl ProxyLbDriver {
             };
             match sock {
                 Ok(s) => bound.push((*key, s)),
+                // The address is not on this machine (a private IP of a VPC
+                // the emulator does not build without root): serve the rest.
+                // The next apply tries again.
+                Err(e)
+                    if self.options.skip_unassigned_addresses
+                        && e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                {
+                    tracing::warn!(loadbalancer = %lb_id, addr = %key.addr, "address not assigned here; listener not bound");
+                }
                 Err(e) => {
                     let proto = if key.udp { "udp" } else { "tcp" };
                     let err = DataPlaneError(format!(

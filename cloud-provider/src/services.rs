@@ -765,7 +765,9 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
                     _ = shutdown.wait() => return,
                 }
                 match resync_all(&sctx).await {
-                    Ok(r) => tracing::debug!(ensured = r.ensured, failed = r.failed, "service resync"),
+                    Ok(r) => {
+                        tracing::debug!(ensured = r.ensured, failed = r.failed, "service resync")
+                    }
                     Err(e) => tracing::warn!(error = %e, "service resync failed"),
                 }
             }
@@ -917,8 +919,20 @@ async fn desired_for(svc: &Service, sctx: &ServiceCtx) -> Result<DesiredLb, Erro
             }
         }
     }
-    let nodes: Vec<Node> = sctx.inputs.nodes.state().iter().map(|n| (**n).clone()).collect();
-    let slices: Vec<EndpointSlice> = sctx.inputs.slices.state().iter().map(|n| (**n).clone()).collect();
+    let nodes: Vec<Node> = sctx
+        .inputs
+        .nodes
+        .state()
+        .iter()
+        .map(|n| (**n).clone())
+        .collect();
+    let slices: Vec<EndpointSlice> = sctx
+        .inputs
+        .slices
+        .state()
+        .iter()
+        .map(|n| (**n).clone())
+        .collect();
     match translate(svc, &nodes, &slices, &certs, &ctx.config) {
         Ok(d) => Ok(d),
         Err(e) => Err(invalid(ctx, &oref, e).await),
@@ -931,7 +945,12 @@ async fn invalid(
     e: TranslateError,
 ) -> Error {
     ctx.events
-        .warning(oref, "InvalidLoadBalancerConfig", "EnsureLoadBalancer", e.to_string())
+        .warning(
+            oref,
+            "InvalidLoadBalancerConfig",
+            "EnsureLoadBalancer",
+            e.to_string(),
+        )
         .await;
     Error::InvalidService(e.to_string())
 }
@@ -1022,7 +1041,8 @@ pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
     let desired: Vec<DesiredLb> = batch.iter().map(|(_, d)| d.clone()).collect();
     let results = ctx.lbs.ensure_many(&desired).await;
     for ((svc, _), result) in batch.iter().zip(results) {
-        let api: Api<Service> = Api::namespaced(ctx.kube.clone(), &svc.namespace().unwrap_or_default());
+        let api: Api<Service> =
+            Api::namespaced(ctx.kube.clone(), &svc.namespace().unwrap_or_default());
         match record_outcome(ctx, &api, svc, result).await {
             Ok(()) => report.ensured += 1,
             Err(e) => {

@@ -258,9 +258,9 @@ async fn two_replicas_one_leader_and_failover() -> anyhow::Result<()> {
         cfg.lease_duration_secs = 4;
         cfg.renew_grace_secs = 1;
         let (health, shutdown) = (Health::new(), Shutdown::new());
-        let (active, max_active) = (active.clone(), max_active.clone());
+        let (active, max_active, stop) = (active.clone(), max_active.clone(), shutdown.clone());
         let work = move || {
-            let (active, max_active) = (active.clone(), max_active.clone());
+            let (active, max_active, stop) = (active.clone(), max_active.clone(), stop.clone());
             async move {
                 struct Running(Arc<AtomicUsize>);
                 impl Drop for Running {
@@ -271,7 +271,8 @@ async fn two_replicas_one_leader_and_failover() -> anyhow::Result<()> {
                 let n = active.fetch_add(1, Ordering::SeqCst) + 1;
                 max_active.fetch_max(n, Ordering::SeqCst);
                 let _running = Running(active);
-                std::future::pending::<()>().await;
+                // Like the controllers: run until shutdown (or until aborted on lost leadership).
+                stop.wait().await;
             }
         };
         let task = tokio::spawn(run_while_leader(

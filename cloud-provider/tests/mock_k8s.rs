@@ -577,7 +577,10 @@ async fn batched_resync_of_many_services_makes_only_describes() {
             "PATCH",
             format!("/api/v1/namespaces/default/services/web-{i}/status"),
             move |b| {
-                ips.lock().unwrap()[i] = b["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().unwrap().to_string();
+                ips.lock().unwrap()[i] = b["status"]["loadBalancer"]["ingress"][0]["ip"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
             },
             move |_| (200, named(i, None)),
         ));
@@ -585,7 +588,12 @@ async fn batched_resync_of_many_services_makes_only_describes() {
     let (kube, api) = script(steps);
     let sctx = service_ctx(&cloud, kube).await;
     for i in 0..N {
-        services::reconcile(Arc::new(serde_json::from_value(named(i, None)).unwrap()), sctx.clone()).await.unwrap();
+        services::reconcile(
+            Arc::new(serde_json::from_value(named(i, None)).unwrap()),
+            sctx.clone(),
+        )
+        .await
+        .unwrap();
     }
     drop(sctx);
     api.await.unwrap();
@@ -597,18 +605,71 @@ async fn batched_resync_of_many_services_makes_only_describes() {
         "apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "9"},
         "items": (0..N).map(|i| named(i, Some(&ips[i]))).collect::<Vec<_>>(),
     });
-    let (kube, api) = script(vec![step("GET", "/api/v1/services", |_| {}, move |_| (200, list.clone()))]);
+    let (kube, api) = script(vec![step(
+        "GET",
+        "/api/v1/services",
+        |_| {},
+        move |_| (200, list.clone()),
+    )]);
     let sctx = service_ctx(&cloud, kube).await;
     cloud.emu.reset_stats();
     let report = services::resync_all(&sctx).await.unwrap();
-    assert_eq!(report, services::ResyncReport { ensured: N, failed: 0 });
+    assert_eq!(
+        report,
+        services::ResyncReport {
+            ensured: N,
+            failed: 0
+        }
+    );
     let stats = cloud.emu.stats();
-    let describes: u64 = stats.iter().filter(|(a, _)| a.starts_with("Describe")).map(|(_, s)| s.calls).sum();
+    let describes: u64 = stats
+        .iter()
+        .filter(|(a, _)| a.starts_with("Describe"))
+        .map(|(_, s)| s.calls)
+        .sum();
     assert_eq!(cloud.writes(), 0, "idle resync wrote: {stats:?}");
     // Batched: the call count does not grow with the number of Services.
-    assert!(describes <= 8, "{describes} Describe calls for {N} Services: {stats:?}");
+    assert!(
+        describes <= 8,
+        "{describes} Describe calls for {N} Services: {stats:?}"
+    );
     let per_action: Vec<(&String, u64)> = stats.iter().map(|(a, s)| (a, s.calls)).collect();
     eprintln!("idle resync of {N} Services: {describes} Describe calls, 0 writes: {per_action:?}");
+    drop(sctx);
+    api.await.unwrap();
+}
+
+#[tokio::test]
+async fn stale_lb_id_annotation_fails_with_the_cloud_message_and_never_blocks_deletion() {
+    let cloud = Cloud::start().await;
+    let svc_path = "/api/v1/namespaces/default/services/web";
+    let (kube, api) = script(vec![
+        event("default", "EnsuringLoadBalancer", "Ensuring"),
+        event("default", "SyncLoadBalancerFailed", "lb-gone1234"),
+        event("default", "DeletingLoadBalancer", "Deleting"),
+        event("default", "DeletedLoadBalancer", "Deleted"),
+        step(
+            "PATCH",
+            svc_path,
+            |b| assert_eq!(b["metadata"]["finalizers"], Value::Null),
+            |_| (200, service_json(false, true, None)),
+        ),
+    ]);
+    let sctx = service_ctx(&cloud, kube).await;
+    let with_stale_id = |deleting: bool| {
+        let mut v = service_json(true, deleting, None);
+        v["metadata"]["annotations"] =
+            json!({"service.beta.kubernetes.io/qingcloud-load-balancer-id": "lb-gone1234"});
+        Arc::new(serde_json::from_value::<Service>(v).unwrap())
+    };
+    let err = services::reconcile(with_stale_id(false), sctx.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lb-gone1234"), "{err}");
+    services::reconcile(with_stale_id(true), sctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(leftovers(&cloud).await, (0, 0, 0));
     drop(sctx);
     api.await.unwrap();
 }

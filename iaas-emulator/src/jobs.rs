@@ -989,7 +989,16 @@ pub fn lb_spec(st: &State, lb_id: &str, eips: Option<Vec<EipRef>>) -> Option<LbS
     } else {
         lb.eips.iter().map(|e| e.eip_addr.clone()).collect()
     };
+    // Internal LBs sit on their vxnet's router; public ones on the zone's VPC.
+    let router_id = st
+        .vxnets
+        .get(&lb.vxnet_id)
+        .and_then(|v| v.router.as_ref())
+        .map(|r| r.router_id.clone())
+        .or_else(|| st.routers.ordered().first().map(|r| r.router_id.clone()))
+        .unwrap_or_default();
     Some(LbSpec {
+        router_id,
         bind_addresses,
         backends,
         policies,

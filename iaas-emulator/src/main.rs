@@ -158,6 +158,14 @@ async fn serve(data_dir: PathBuf, opts: ServeOpts) -> Result<(), String> {
             println!("{l}");
         }
         cfg.data_plane = dp;
+        // With the VPC in namespaces, EIPs sit at the router's edge (unless
+        // the config chose a pool).
+        if iaas_emulator::dataplane::network::supported()
+            && cfg.eip_pool == EmulatorConfig::default().eip_pool
+        {
+            cfg.eip_pool = iaas_emulator::dataplane::PUBLIC_EIP_POOL.to_string();
+            println!("eips: {} at the VPC router's edge", cfg.eip_pool);
+        }
     }
     let emu = Emulator::start(cfg).await.map_err(|e| e.to_string())?;
     if emu.first_start() {

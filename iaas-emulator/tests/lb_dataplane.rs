@@ -72,6 +72,7 @@ fn spec(
         policies: Vec::new(),
         certificates: Vec::new(),
         source_cidrs: Vec::new(),
+        router_id: String::new(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`plan`]: the pure diff, desired + observed -> ordered operations.
 //! - [`reconcile`]: executing plans, waiting on jobs, crash-safe by construction.
 //! - [`Error`]: the one error type, with metric labels and retryability.
+//! - [`ingress`]: the Ingress controller built on the above (binary `ingress-controller`).
 //!
 //! ```no_run
 //! use lb_controller::model::*;
@@ -43,6 +44,7 @@
 //! ```
 
 pub mod error;
+pub mod ingress;
 pub mod model;
 pub mod observe;
 pub mod plan;

@@ -11,6 +11,7 @@ use iaas_client::Client;
 use iaas_client::actions::*;
 use iaas_emulator::dataplane::network::NamespaceNetworkDriver;
 
+use crate::lb_walk::{LbWalk, PodView};
 use crate::netns::{self, Netns};
 use crate::walk::Walk;
 
@@ -42,6 +43,9 @@ pub struct CniWalk {
     pub plugin: PathBuf,
     /// Lease directories live here.
     pub scratch: PathBuf,
+    /// When set, the load-balancer part runs on the pods before they go
+    /// (the emulator's credentials file, for the CCM's cloud-config).
+    pub lb_credentials: Option<PathBuf>,
 }
 
 
@@ -60,6 +64,16 @@ impl CniWalk {
             walk.step("pod to pod across nodes, no tunnel device anywhere", across(&nodes, &pods)).await;
             walk.step("pod to the other node's address", pod_to_node(&nodes, &pods)).await;
             walk.step("CNI CHECK passes for every pod", self.check(&pods)).await;
+            if let Some(credentials_file) = &self.lb_credentials {
+                match self.vpc_ns(client).await {
+                    Ok(vpc_ns) => {
+                        let views: Vec<PodView> = pods.iter().map(|p| PodView { ns: p.ns.name().to_string(), ip: p.ip }).collect();
+                        let lb = LbWalk { vpc_ns, credentials_file: credentials_file.clone() };
+                        lb.run(walk, client, &views).await;
+                    }
+                    Err(e) => walk.skip("Service type=LoadBalancer", &format!("{e:#}")),
+                }
+            }
         }
         walk.step("CNI DEL (twice: idempotent), pods removed", self.delete_pods(&mut pods)).await;
         walk.step("pod CIDR routes removed", unroute(client, &mut statics)).await;
@@ -80,6 +94,13 @@ impl CniWalk {
         }
         ensure!(nodes.len() == 2, "need 2 running seeded nodes, found {}", nodes.len());
         Ok(nodes.iter().map(|n| format!("{} at {} ({})", n.instance_id, n.ip, n.ns)).collect::<Vec<_>>().join(", "))
+    }
+
+    async fn vpc_ns(&self, client: &Client) -> anyhow::Result<String> {
+        let driver = NamespaceNetworkDriver::for_data_dir(&self.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let vxnets = client.describe_vxnets_all(&DescribeVxnets::default()).await?;
+        let router = vxnets.first().and_then(|v| v.router.as_ref()).context("no VPC router")?;
+        Ok(driver.vpc_netns(&router.router_id))
     }
 
     async fn add_pods(&self, nodes: &[Node], pods: &mut Vec<Pod>) -> anyhow::Result<String> {

@@ -116,7 +116,16 @@ pub struct LbSpec {
     pub certificates: Vec<(String, String, String)>,
     /// Allowed source CIDRs (empty: all).
     pub source_cidrs: Vec<String>,
+    /// The VPC router serving the LB (its vxnet's router, or the zone's VPC
+    /// router for public LBs): with the network data plane, the proxy's
+    /// sockets live in that router's namespace, where backends are routable.
+    pub router_id: String,
 }
+
+/// The EIP pool to use when the network data plane is active: a range
+/// reserved for benchmarking (RFC 2544), never routed on the internet. The
+/// VPC namespace answers for it; client namespaces reach it through a veth.
+pub const PUBLIC_EIP_POOL: &str = "198.18.0.0/24";
 
 /// Load-balancer proxies.
 pub trait LbDriver: Send + Sync + fmt::Debug {
@@ -267,10 +276,21 @@ impl DataPlane {
         // Proxies need no privilege: without root the EIP pool is on loopback.
         // Private LB addresses exist only when the network data plane builds
         // the VPC; until then listeners on them are skipped, not failed.
-        let lb_options = lb::ProxyOptions {
+        // With the network plane the proxies run inside the VPC router's
+        // namespace, where instance and pod addresses are routable.
+        let mut lb_options = lb::ProxyOptions {
             skip_unassigned_addresses: true,
             ..lb::ProxyOptions::default()
         };
+        if network::supported() {
+            let prefix = network::default_prefix(data_dir);
+            lb_options.netns_for = Some(Arc::new(move |spec: &LbSpec| {
+                (!spec.router_id.is_empty()).then(|| {
+                    std::path::Path::new(network::NETNS_DIR)
+                        .join(format!("{prefix}-{}", spec.router_id))
+                })
+            }));
+        }
         let lbs_line = match lb::ProxyLbDriver::new(lb_options) {
             Ok(driver) => {
                 plane.lbs = Arc::new(driver);

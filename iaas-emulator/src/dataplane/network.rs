@@ -42,7 +42,8 @@ pub const ROUTE_PROTO: u8 = 77;
 pub const INSTANCE_IFNAME: &str = "eth0";
 
 /// Where `ip netns` keeps its namespace handles.
-const NETNS_DIR: &str = "/var/run/netns";
+/// Where `ip netns` keeps namespace handles.
+pub const NETNS_DIR: &str = "/var/run/netns";
 
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;

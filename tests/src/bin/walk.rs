@@ -36,6 +36,10 @@ async fn main() -> anyhow::Result<()> {
     let mut config = EmulatorConfig::for_tests(&dir);
     config.data_plane = data_plane.clone();
     config.instances = args.instances;
+    if iaas_emulator::dataplane::network::supported() {
+        // EIPs live at the VPC router's edge, reachable from client namespaces.
+        config.eip_pool = iaas_emulator::dataplane::PUBLIC_EIP_POOL.to_string();
+    }
     let emulator = Emulator::start(config).await?;
     println!("emulator: {} zone {} (data dir {})", emulator.endpoint(), emulator.zone(), dir.display());
     for line in &lines {
@@ -88,7 +92,12 @@ async fn main() -> anyhow::Result<()> {
     if iaas_emulator::dataplane::network::supported() {
         match suite_tests::cni_walk::plugin_path() {
             Ok(plugin) => {
-                let cni = suite_tests::cni_walk::CniWalk { data_dir: dir.clone(), plugin, scratch: temp.path().join("cni") };
+                let cni = suite_tests::cni_walk::CniWalk {
+                    data_dir: dir.clone(),
+                    plugin,
+                    scratch: temp.path().join("cni"),
+                    lb_credentials: Some(emulator.credentials_file()),
+                };
                 cni.run(&mut walk, &client).await;
             }
             Err(e) => {

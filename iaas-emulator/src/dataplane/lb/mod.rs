@@ -384,6 +384,9 @@ impl ProxyLbDriver {
             }
         }
         let ns = self.netns_of(spec);
+        if let Some(p) = &ns {
+            answer_for_addresses(p, &addrs)?;
+        }
         let ns_id = match &ns {
             Some(p) => ns_identity(p)?,
             None => None,
@@ -763,4 +766,29 @@ impl Drop for ProxyLbDriver {
             rt.shutdown_background();
         }
     }
+}
+
+/// Makes the namespace at `ns` answer for the LB's addresses (EIPs are not
+/// configured on any interface: a `local` route in the router's namespace is
+/// what a cloud's edge does for them). Idempotent.
+fn answer_for_addresses(ns: &std::path::Path, addrs: &[IpAddr]) -> DpResult<()> {
+    let Some(name) = ns.file_name().and_then(|n| n.to_str()) else {
+        return Err(DataPlaneError(format!("bad namespace path {}", ns.display())));
+    };
+    for ip in addrs.iter().filter(|ip| !ip.is_loopback()) {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        let out = std::process::Command::new("ip")
+            .args(["-n", name, "route", "replace", "local"])
+            .arg(format!("{ip}/{prefix}"))
+            .args(["dev", "lo", "table", "local"])
+            .output()
+            .map_err(|e| DataPlaneError::new("running ip", e))?;
+        if !out.status.success() {
+            return Err(DataPlaneError(format!(
+                "namespace {name}: cannot answer for {ip}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
 }

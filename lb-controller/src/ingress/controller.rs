@@ -1,0 +1,635 @@
+//! The Ingress controller's reconcile loop: finalizer, ensure, status,
+//! Events, and deletion that never deadlocks.
+//!
+//! Order guarantees:
+//! - the finalizer [`FINALIZER`] (with the [`APPLIED_LB`] record) is stored
+//!   before anything is created in the cloud;
+//! - it is removed only after the Ingress's rules are off its LB: the LB is
+//!   deleted (a plain Ingress, or the last of a group), or the group's LB is
+//!   re-ensured without it. lb-controller's `delete` treats an LB already
+//!   gone as done, and deletion never reads Secrets or Services, so a
+//!   missing LB, Secret or Service never holds the finalizer;
+//! - members of one group are reconciled one at a time (a per-LB lock), so
+//!   two reconciles never race on the shared LB.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{Value, json};
+use suite_runtime::Shutdown;
+use suite_runtime::events::EventRecorder;
+use suite_runtime::metrics::ReconcileMetrics;
+
+use super::annotations::{APPLIED_LB, FINALIZER};
+use super::translate::{
+    LbKey, Settings, Snapshot, TranslateError, eligible_nodes, is_ours, key_of, lb_key,
+    sort_by_precedence, translate,
+};
+use crate::{LbStatus, Reconciler};
+
+/// Controller name (metrics label, Event reporter).
+pub const NAME: &str = "ingress";
+
+/// The errors of one reconciliation; each has a metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The load balancer reconciler failed (the cloud's message).
+    #[error("{0}")]
+    Lb(#[from] crate::Error),
+    /// An Ingress cannot be translated (names the Ingress and the field).
+    #[error("{0}")]
+    Invalid(#[from] TranslateError),
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Lb(e) => e.metric_label(),
+            Error::Invalid(_) => "invalid_ingress",
+        }
+    }
+}
+
+/// Reflected cluster state the translation reads.
+#[derive(Clone)]
+pub struct Stores {
+    /// Ingresses (the controller's own store).
+    pub ingresses: Store<Ingress>,
+    /// IngressClasses.
+    pub classes: Store<IngressClass>,
+    /// Services.
+    pub services: Store<Service>,
+    /// EndpointSlices.
+    pub slices: Store<EndpointSlice>,
+    /// Nodes.
+    pub nodes: Store<Node>,
+    /// `kubernetes.io/tls` Secrets.
+    pub secrets: Store<Secret>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("ingresses", &self.ingresses.len())
+            .field("classes", &self.classes.len())
+            .field("services", &self.services.len())
+            .field("slices", &self.slices.len())
+            .field("nodes", &self.nodes.len())
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+fn store_of<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let mut w = reflector::store::Writer::<K>::default();
+    for o in objects {
+        w.apply_watcher_event(&watcher::Event::Apply(o));
+    }
+    w.as_reader()
+}
+
+impl Stores {
+    /// Stores pre-filled with fixed objects (tests, benchmarks, one-shot tools).
+    pub fn from_objects(
+        ingresses: Vec<Ingress>,
+        classes: Vec<IngressClass>,
+        services: Vec<Service>,
+        slices: Vec<EndpointSlice>,
+        nodes: Vec<Node>,
+        secrets: Vec<Secret>,
+    ) -> Self {
+        Stores {
+            ingresses: store_of(ingresses),
+            classes: store_of(classes),
+            services: store_of(services),
+            slices: store_of(slices),
+            nodes: store_of(nodes),
+            secrets: store_of(secrets),
+        }
+    }
+}
+
+fn all<K: Clone + Resource + 'static>(s: &Store<K>) -> Vec<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    s.state().iter().map(|o| (**o).clone()).collect()
+}
+
+/// Everything a reconciliation needs.
+pub struct Ctx {
+    /// Kubernetes client.
+    pub kube: kube::Client,
+    /// Load balancer reconciler.
+    pub lbs: Reconciler,
+    /// Translation settings.
+    pub settings: Settings,
+    /// Event recorder.
+    pub events: EventRecorder,
+    /// Reconcile counters.
+    pub metrics: ReconcileMetrics,
+    /// Reflected inputs.
+    pub stores: Stores,
+    /// How often an unchanged Ingress is re-ensured (drift repair).
+    pub resync: Duration,
+    locks: Mutex<HashMap<LbKey, Arc<tokio::sync::Mutex<()>>>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("settings", &self.settings)
+            .field("stores", &self.stores)
+            .field("resync", &self.resync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    /// Builds the context; `identity` is the pod name reported on Events.
+    pub fn new(
+        kube: kube::Client,
+        lbs: Reconciler,
+        settings: Settings,
+        stores: Stores,
+        metrics: ReconcileMetrics,
+        identity: Option<String>,
+        resync: Duration,
+    ) -> Self {
+        Ctx {
+            events: EventRecorder::new(kube.clone(), "ingress-controller", identity),
+            kube,
+            lbs,
+            settings,
+            metrics,
+            stores,
+            resync,
+            locks: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_for(&self, key: &LbKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Exponential backoff per Ingress: 2 s doubling to 5 min.
+    fn next_backoff(&self, key: &str) -> Duration {
+        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.to_string()).or_insert(0);
+        let d = Duration::from_secs(2)
+            .saturating_mul(1u32 << (*n).min(16))
+            .min(Duration::from_secs(300));
+        *n = n.saturating_add(1);
+        d
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// Whether the Ingress carries our finalizer.
+pub fn has_finalizer(ing: &Ingress) -> bool {
+    ing.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+fn applied_key(ing: &Ingress) -> Option<LbKey> {
+    ing.annotations()
+        .get(APPLIED_LB)
+        .and_then(|v| LbKey::from_applied(ing, v.trim()))
+}
+
+fn oref(ing: &Ingress) -> ObjectReference {
+    ing.object_ref(&())
+}
+
+/// Adds (`Some(key)`) or removes (`None`) the finalizer and the applied-LB
+/// record in one merge patch guarded by resourceVersion.
+async fn patch_meta(api: &Api<Ingress>, ing: &Ingress, key: Option<&LbKey>) -> Result<Ingress, Error> {
+    let mut list: Vec<String> = ing
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if key.is_some() {
+        list.push(FINALIZER.to_string());
+    }
+    let patch = json!({ "metadata": {
+        "resourceVersion": ing.resource_version(),
+        "finalizers": if list.is_empty() { Value::Null } else { json!(list) },
+        "annotations": { APPLIED_LB: key.map(|k| json!(k.applied_value())).unwrap_or(Value::Null) },
+    }});
+    Ok(api
+        .patch(&ing.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await?)
+}
+
+fn status_ips(ing: &Ingress) -> Vec<String> {
+    ing.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+async fn set_status(kube: &kube::Client, ing: &Ingress, ips: &[String]) -> Result<(), Error> {
+    let api: Api<Ingress> = Api::namespaced(kube.clone(), &ing.namespace().unwrap_or_default());
+    let list: Vec<Value> = ips.iter().map(|ip| json!({ "ip": ip })).collect();
+    api.patch_status(
+        &ing.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "loadBalancer": {
+            "ingress": if list.is_empty() { Value::Null } else { json!(list) }
+        } } })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Retries a failed Ingress with per-Ingress exponential backoff.
+pub fn error_policy(ing: Arc<Ingress>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.record(NAME, err.metric_label());
+    let key = key_of(&ing);
+    let delay = ctx.next_backoff(&key);
+    tracing::warn!(ingress = %key, error = %err, retry_in = ?delay, "ingress reconcile failed");
+    Action::requeue(delay)
+}
+
+/// One reconciliation of one Ingress (and, for a group, its shared LB).
+pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let result = reconcile_inner(&ing, &ctx).await;
+    if result.is_ok() {
+        ctx.reset_backoff(&key_of(&ing));
+        ctx.metrics.record(NAME, "ok");
+    }
+    result
+}
+
+async fn reconcile_inner(ing: &Ingress, ctx: &Ctx) -> Result<Action, Error> {
+    let api: Api<Ingress> = Api::namespaced(ctx.kube.clone(), &ing.namespace().unwrap_or_default());
+    let classes = all(&ctx.stores.classes);
+    let ours = is_ours(ing, &classes, &ctx.settings.controller_name);
+    let deleting = ing.metadata.deletion_timestamp.is_some();
+    if deleting || !ours {
+        return leave(ing, ctx, &api, deleting).await;
+    }
+    let key = match lb_key(ing) {
+        Ok(k) => k,
+        Err(e) => return Err(invalid(ctx, ing, e).await),
+    };
+    let applied = applied_key(ing);
+    if !has_finalizer(ing) || applied.is_none() {
+        // Nothing is created before the finalizer is stored; the patch's
+        // watch event brings the Ingress back here.
+        patch_meta(&api, ing, Some(applied.as_ref().unwrap_or(&key))).await?;
+        return Ok(Action::await_change());
+    }
+    let applied = applied.unwrap_or_else(|| key.clone());
+    {
+        let lock = ctx.lock_for(&key);
+        let _guard = lock.lock().await;
+        ensure_lb(ctx, &key, Some(ing), None).await?;
+    }
+    if applied != key {
+        // The Ingress moved (into, out of or between groups): take its rules
+        // off the LB it was on, then record the new one.
+        tracing::info!(ingress = %key_of(ing), from = ?applied, to = ?key, "ingress moved to another load balancer");
+        {
+            let lock = ctx.lock_for(&applied);
+            let _guard = lock.lock().await;
+            remove_from(ctx, &applied, ing).await?;
+        }
+        let fresh = api.get(&ing.name_any()).await?;
+        patch_meta(&api, &fresh, Some(&key)).await?;
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+/// The Ingress is being deleted or is no longer ours: take its rules off
+/// its LB, then let the finalizer go.
+async fn leave(ing: &Ingress, ctx: &Ctx, api: &Api<Ingress>, deleting: bool) -> Result<Action, Error> {
+    if !has_finalizer(ing) {
+        return Ok(Action::await_change());
+    }
+    // Where the rules were applied; the annotation can have been edited
+    // since, and a group annotation may even be invalid now.
+    let key = applied_key(ing)
+        .or_else(|| lb_key(ing).ok())
+        .unwrap_or_else(|| LbKey::Single {
+            namespace: ing.namespace().unwrap_or_default(),
+            name: ing.name_any(),
+            uid: ing.uid().unwrap_or_default(),
+        });
+    {
+        let lock = ctx.lock_for(&key);
+        let _guard = lock.lock().await;
+        remove_from(ctx, &key, ing).await?;
+    }
+    let mut current = ing.clone();
+    if !deleting && !status_ips(ing).is_empty() {
+        set_status(&ctx.kube, ing, &[]).await?;
+        current = api.get(&ing.name_any()).await?;
+    }
+    patch_meta(api, &current, None).await?;
+    Ok(Action::await_change())
+}
+
+/// Takes `ing`'s rules off the LB `key`: deletes the LB when no other
+/// member remains, else re-ensures the group without it. A broken sibling
+/// (invalid annotation) must not hold this Ingress's finalizer: its rules
+/// then stay until the group is fixed, which is logged and reported.
+async fn remove_from(ctx: &Ctx, key: &LbKey, ing: &Ingress) -> Result<(), Error> {
+    let on = oref(ing);
+    match ensure_lb(ctx, key, None, Some(ing)).await {
+        Ok(None) => {
+            ctx.events
+                .normal(&on, "DeletedLoadBalancer", "DeleteLoadBalancer", format!("Deleted load balancer of {}", key.owner(&ctx.settings.cluster_id)))
+                .await;
+            Ok(())
+        }
+        Ok(Some(_)) => {
+            ctx.events
+                .normal(&on, "LeftLoadBalancerGroup", "DeleteLoadBalancer", "Rules removed from the group's load balancer".into())
+                .await;
+            Ok(())
+        }
+        Err(Error::Invalid(e)) => {
+            tracing::warn!(ingress = %key_of(ing), error = %e, "group cannot be re-ensured without this ingress; releasing it anyway");
+            ctx.events
+                .warning(&on, "GroupInvalid", "DeleteLoadBalancer", format!("Rules stay on the group's load balancer until the group is fixed: {e}"))
+                .await;
+            Ok(())
+        }
+        Err(e) => {
+            ctx.events
+                .warning(&on, "DeleteLoadBalancerFailed", "DeleteLoadBalancer", format!("Error removing rules from the load balancer: {e}"))
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// Members of `key` from the store (ours, finalized, not being deleted),
+/// with `include` replacing its stored copy and `exclude` left out.
+fn members(ctx: &Ctx, key: &LbKey, include: Option<&Ingress>, exclude: Option<&Ingress>) -> Vec<Ingress> {
+    let uid = |i: &Ingress| i.uid().unwrap_or_else(|| key_of(i));
+    let skip: Vec<String> = include.iter().chain(exclude.iter()).map(|i| uid(i)).collect();
+    let classes = all(&ctx.stores.classes);
+    let mut out: Vec<Ingress> = match key {
+        // A plain Ingress's LB has exactly one member.
+        LbKey::Single { .. } => Vec::new(),
+        LbKey::Group(_) => ctx
+            .stores
+            .ingresses
+            .state()
+            .iter()
+            .filter(|i| !skip.contains(&uid(i)))
+            .filter(|i| i.metadata.deletion_timestamp.is_none() && has_finalizer(i))
+            .filter(|i| is_ours(i, &classes, &ctx.settings.controller_name))
+            .filter(|i| lb_key(i).ok().as_ref() == Some(key))
+            .map(|i| (**i).clone())
+            .collect(),
+    };
+    if let Some(i) = include {
+        out.push(i.clone());
+    }
+    out
+}
+
+/// Makes the LB `key` match its members; deletes it when there are none.
+/// Returns the LB status, or `None` when it was deleted.
+async fn ensure_lb(
+    ctx: &Ctx,
+    key: &LbKey,
+    include: Option<&Ingress>,
+    exclude: Option<&Ingress>,
+) -> Result<Option<LbStatus>, Error> {
+    let owner = key.owner(&ctx.settings.cluster_id);
+    let mut members = members(ctx, key, include, exclude);
+    if members.is_empty() {
+        ctx.lbs.delete(&owner).await?;
+        return Ok(None);
+    }
+    if let Err(e) = sort_by_precedence(&mut members) {
+        return Err(invalid_in(ctx, &members, e).await);
+    }
+    let services = all(&ctx.stores.services);
+    let slices = all(&ctx.stores.slices);
+    let nodes = all(&ctx.stores.nodes);
+    let secrets = all(&ctx.stores.secrets);
+    let snap = Snapshot {
+        services: &services,
+        slices: &slices,
+        nodes: &nodes,
+        secrets: &secrets,
+    };
+    let t = match translate(key, &members, &snap, &ctx.settings) {
+        Ok(t) => t,
+        Err(e) => return Err(invalid_in(ctx, &members, e).await),
+    };
+    for n in &t.notices {
+        if let Some(m) = members.iter().find(|m| key_of(m) == n.object) {
+            ctx.events.warning(&oref(m), n.reason, "EnsureLoadBalancer", n.message.clone()).await;
+        }
+    }
+    let trigger = include.or(exclude).unwrap_or(&members[0]);
+    let status = match ctx.lbs.ensure(&t.desired).await {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.events
+                .warning(&oref(trigger), "SyncLoadBalancerFailed", "EnsureLoadBalancer", format!("Error syncing load balancer: {e}"))
+                .await;
+            return Err(e.into());
+        }
+    };
+    for m in &members {
+        let fresh = status_ips(m) != status.addresses;
+        if status.operations > 0 || fresh {
+            ctx.events
+                .normal(&oref(m), "EnsuredLoadBalancer", "EnsureLoadBalancer", format!("Ensured load balancer {} at {}", status.lb_id, status.addresses.join(", ")))
+                .await;
+        }
+        if fresh {
+            set_status(&ctx.kube, m, &status.addresses).await?;
+        }
+    }
+    Ok(Some(status))
+}
+
+async fn invalid(ctx: &Ctx, ing: &Ingress, e: TranslateError) -> Error {
+    ctx.events
+        .warning(&oref(ing), "InvalidIngress", "EnsureLoadBalancer", e.to_string())
+        .await;
+    Error::Invalid(e)
+}
+
+async fn invalid_in(ctx: &Ctx, members: &[Ingress], e: TranslateError) -> Error {
+    match members.iter().find(|m| key_of(m) == e.object) {
+        Some(m) => invalid(ctx, m, e).await,
+        None => Error::Invalid(e),
+    }
+}
+
+/// Ingresses of `ns` whose backends (default or per path) name Service `svc`.
+fn referencing_service(store: &Store<Ingress>, ns: Option<String>, svc: &str) -> Vec<ObjectRef<Ingress>> {
+    store
+        .state()
+        .iter()
+        .filter(|i| i.namespace() == ns)
+        .filter(|i| {
+            let Some(spec) = &i.spec else { return false };
+            let default = spec.default_backend.iter();
+            let paths = spec
+                .rules
+                .iter()
+                .flatten()
+                .filter_map(|r| r.http.as_ref())
+                .flat_map(|h| h.paths.iter().map(|p| &p.backend));
+            default
+                .chain(paths)
+                .any(|b| b.service.as_ref().is_some_and(|s| s.name == svc))
+        })
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
+}
+
+/// Runs the controller until `shutdown`: reflectors for the inputs, the
+/// Ingress work queue, and the triggers that map input changes to Ingresses.
+pub async fn run(
+    kube: kube::Client,
+    lbs: Reconciler,
+    settings: Settings,
+    metrics: ReconcileMetrics,
+    identity: Option<String>,
+    resync: Duration,
+    shutdown: Shutdown,
+) {
+    let cfg = watcher::Config::default;
+    let tls_only = || watcher::Config::default().fields("type=kubernetes.io/tls");
+
+    let (classes, class_w) = reflector::store::<IngressClass>();
+    let (services, svc_w) = reflector::store::<Service>();
+    let (slices, slice_w) = reflector::store::<EndpointSlice>();
+    let (nodes, node_w) = reflector::store::<Node>();
+    let (secrets, secret_w) = reflector::store::<Secret>();
+
+    // Class changes and changes of the eligible node set touch every Ingress.
+    let class_trigger = reflector::reflector(class_w, watcher(Api::<IngressClass>::all(kube.clone()), cfg()))
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    let provider = settings.provider_name.clone();
+    let node_store = nodes.clone();
+    let mut last = None;
+    let node_trigger = reflector::reflector(node_w, watcher(Api::<Node>::all(kube.clone()), cfg()))
+        .default_backoff()
+        .touched_objects()
+        .filter_map(move |r| {
+            let changed = r.is_ok() && {
+                let now = eligible_nodes(&all(&node_store), &provider);
+                let c = last.as_ref() != Some(&now);
+                last = Some(now);
+                c
+            };
+            futures::future::ready(changed.then_some(()))
+        });
+    let background = vec![
+        tokio::spawn(
+            reflector::reflector(svc_w, watcher(Api::<Service>::all(kube.clone()), cfg()))
+                .default_backoff()
+                .for_each(|_| futures::future::ready(())),
+        ),
+        tokio::spawn(
+            reflector::reflector(slice_w, watcher(Api::<EndpointSlice>::all(kube.clone()), cfg()))
+                .default_backoff()
+                .for_each(|_| futures::future::ready(())),
+        ),
+        tokio::spawn(
+            reflector::reflector(secret_w, watcher(Api::<Secret>::all(kube.clone()), tls_only()))
+                .default_backoff()
+                .for_each(|_| futures::future::ready(())),
+        ),
+    ];
+
+    let controller = Controller::new(Api::<Ingress>::all(kube.clone()), cfg());
+    let ing_store = controller.store();
+    let stores = Stores {
+        ingresses: ing_store.clone(),
+        classes,
+        services,
+        slices,
+        nodes,
+        secrets,
+    };
+    let ctx = Arc::new(Ctx::new(kube.clone(), lbs, settings, stores, metrics, identity, resync));
+    let (s1, s2, s3) = (ing_store.clone(), ing_store.clone(), ing_store.clone());
+    controller
+        .reconcile_all_on(class_trigger)
+        .reconcile_all_on(node_trigger)
+        .watches(Api::<Service>::all(kube.clone()), cfg(), move |s: Service| {
+            referencing_service(&s1, s.namespace(), &s.name_any())
+        })
+        .watches(Api::<EndpointSlice>::all(kube.clone()), cfg(), move |s: EndpointSlice| {
+            match s.labels().get("kubernetes.io/service-name") {
+                Some(svc) => referencing_service(&s2, s.namespace(), svc),
+                None => Vec::new(),
+            }
+        })
+        .watches(Api::<Secret>::all(kube.clone()), tls_only(), move |s: Secret| {
+            let name = s.name_any();
+            let ns = s.namespace();
+            let refs = s3
+                .state()
+                .iter()
+                .filter(|i| i.namespace() == ns)
+                .filter(|i| {
+                    i.spec
+                        .as_ref()
+                        .and_then(|sp| sp.tls.as_ref())
+                        .is_some_and(|t| t.iter().any(|t| t.secret_name.as_deref() == Some(&name)))
+                })
+                .map(|i| ObjectRef::from_obj(&**i))
+                .collect::<Vec<_>>();
+            refs
+        })
+        .graceful_shutdown_on(async move { shutdown.wait().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    for b in background {
+        b.abort();
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`routes`]: the route controller (VPC routes for pod CIDRs).
 //! - [`services`]: the Service controller (type LoadBalancer).
 //! - [`manager`]: wiring: clients, metrics, leader election, shutdown.
+//! - [`rbac`]: the Kubernetes API calls made (the RBAC manifests grant exactly these).
 
 pub mod annotations;
 pub mod cidr;
@@ -16,6 +17,7 @@ pub mod lifecycle;
 pub mod manager;
 pub mod nodes;
 pub mod provider;
+pub mod rbac;
 pub mod routes;
 pub mod services;
 

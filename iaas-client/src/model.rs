@@ -67,6 +67,10 @@ pub struct Instance {
     pub create_time: String,
     /// Tags.
     pub tags: Vec<TagRef>,
+    /// An existing host the emulator adopted (a real node of a local
+    /// cluster): it has no data plane of its own. Absent on real clouds.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 /// The router a vxnet is attached to.

@@ -33,6 +33,20 @@ pub struct Credentials {
     pub secret_access_key: String,
 }
 
+/// An existing host to present as an instance (for example the machine a
+/// local cluster's node runs on). Adoption is idempotent by name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptedHost {
+    /// Instance name (usually the node's hostname).
+    pub name: String,
+    /// Its private address.
+    pub private_ip: String,
+    /// Instance type label (default `host`).
+    #[serde(default)]
+    pub instance_type: Option<String>,
+}
+
 /// Everything the emulator is started with. The YAML file of the binary has
 /// the same field names; absent fields take the defaults below.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +83,8 @@ pub struct EmulatorConfig {
     pub credentials: Option<Credentials>,
     /// Accepted clock skew of `time_stamp`, in seconds.
     pub max_clock_skew_secs: i64,
+    /// Existing hosts presented as instances (adopted at every start).
+    pub adopted_instances: Vec<AdoptedHost>,
     /// Drivers used by jobs; not part of the YAML file.
     #[serde(skip, default = "DataPlane::noop")]
     pub data_plane: DataPlane,
@@ -109,6 +125,7 @@ impl Default for EmulatorConfig {
             faults: FaultConfig::default(),
             credentials: None,
             max_clock_skew_secs: 60,
+            adopted_instances: Vec::new(),
             data_plane: DataPlane::noop(),
         }
     }

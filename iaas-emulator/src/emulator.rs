@@ -63,6 +63,22 @@ impl Shared {
     }
 
     /// Drops uncommitted changes by reloading the committed state.
+    pub async fn adopt(&self, host: &crate::config::AdoptedHost) -> ApiResult<iaas_client::model::Instance> {
+        let mut st = self.state.lock().await;
+        match st.adopt(host, &self.meta.zone) {
+            Ok(inst) => {
+                self.commit(&mut st).await?;
+                Ok(inst)
+            }
+            Err(e) => {
+                self.discard(&mut st);
+                Err(e)
+            }
+        }
+    }
+
+    /// Adopts an existing host as an instance (see [`State::adopt`]).
+    /// Drops the uncommitted changes of a failed handler.
     pub fn discard(&self, st: &mut State) {
         match st.drain_writes() {
             Ok(w) if w.is_empty() => return,
@@ -146,6 +162,12 @@ impl Emulator {
         let mut state = State::default();
         state.load(&store)?;
         let first_start = state.seed(&config)?;
+        for host in &config.adopted_instances {
+            let zone = state.meta().zone;
+            state
+                .adopt(host, &zone)
+                .map_err(|e| EmuError::Config(format!("adopted_instances [{}]: {}", host.name, e.message)))?;
+        }
         let mut meta = state.meta();
         if meta.zone != config.zone {
             return Err(EmuError::Config(format!(
@@ -281,6 +303,12 @@ impl Emulator {
         faults.validate().map_err(EmuError::Config)?;
         self.shared.set_faults(faults);
         Ok(())
+    }
+
+    /// Presents an existing host as a running instance (idempotent by name;
+    /// durable before it returns). Errors name the field.
+    pub async fn adopt(&self, host: &crate::config::AdoptedHost) -> Result<iaas_client::model::Instance, EmuError> {
+        self.shared.adopt(host).await.map_err(|e| EmuError::Config(e.message))
     }
 
     /// Removes every fault (stuck jobs resume).

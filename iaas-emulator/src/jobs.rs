@@ -491,7 +491,8 @@ fn plan(st: &State, op: &JobOp) -> Vec<Call> {
 }
 
 fn instance_up_call(st: &State, id: &str) -> Option<Call> {
-    let inst = st.instances.get(id)?;
+    // An adopted host brings its own network.
+    let inst = st.instances.get(id).filter(|i| !i.adopted)?;
     let vx = inst
         .vxnets
         .first()

@@ -42,6 +42,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(faults_get).put(faults_put).delete(faults_delete),
         )
         .route("/admin/stats", get(stats_get))
+        .route("/admin/instances", post(instances_adopt))
         .route("/admin/stats/reset", post(stats_reset))
         .with_state(shared)
 }
@@ -324,6 +325,22 @@ async fn faults_delete(AxState(shared): AxState<Arc<Shared>>) -> Response {
     }
     shared.set_faults(FaultConfig::default());
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /admin/instances` with an [`AdoptedHost`](crate::config::AdoptedHost)
+/// JSON body: presents an existing host (a real node) as an instance.
+async fn instances_adopt(AxState(shared): AxState<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    if !shared.config.admin_enabled {
+        return admin_off();
+    }
+    let host: crate::config::AdoptedHost = match serde_json::from_slice(&body) {
+        Ok(h) => h,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("adopted host: {e}")).into_response(),
+    };
+    match shared.adopt(&host).await {
+        Ok(inst) => axum::Json(inst).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("adopted host: {}", e.message)).into_response(),
+    }
 }
 
 async fn stats_get(AxState(shared): AxState<Arc<Shared>>) -> Response {

@@ -282,6 +282,61 @@ impl State {
         Ok(true)
     }
 
+    /// Presents an existing host as a running instance, idempotent by name:
+    /// a host adopted again keeps its id and takes the new address and type.
+    /// It joins the first vxnet whose CIDR holds its address (none otherwise)
+    /// and never gets a data plane of its own.
+    pub fn adopt(&mut self, host: &crate::config::AdoptedHost, zone: &str) -> ApiResult<Instance> {
+        let name = host.name.trim();
+        if name.is_empty() || name.len() > 253 {
+            return Err(ApiError::invalid("name", "must be 1-253 characters"));
+        }
+        let ip: Ipv4Addr = host
+            .private_ip
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::invalid("private_ip", format!("{:?} is not an IPv4 address", host.private_ip)))?;
+        let vxnet = self
+            .vxnets
+            .ordered()
+            .into_iter()
+            .find(|v| {
+                v.router
+                    .as_ref()
+                    .and_then(|r| Cidr::parse(&r.ip_network, false).ok())
+                    .is_some_and(|c| c.contains(ip))
+            })
+            .map(|v| (v.vxnet_id.clone(), v.vxnet_name.clone()));
+        let nic = InstanceVxnet {
+            vxnet_id: vxnet.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+            vxnet_name: vxnet.map(|v| v.1).unwrap_or_default(),
+            private_ip: ip.to_string(),
+            nic_id: nic_id(),
+        };
+        let instance_type = host.instance_type.clone().unwrap_or_else(|| "host".to_string());
+        let existing = self
+            .instances
+            .values()
+            .find(|i| i.adopted && i.instance_name == name)
+            .map(|i| i.instance_id.clone());
+        let id = existing.unwrap_or_else(|| new_id("i"));
+        let seq = self.next_seq();
+        let previous = self.instances.get(&id).cloned();
+        let inst = Instance {
+            instance_id: id.clone(),
+            instance_name: name.to_string(),
+            instance_type,
+            status: "running".to_string(),
+            vxnets: vec![nic],
+            zone_id: zone.to_string(),
+            create_time: previous.as_ref().map(|p| p.create_time.clone()).unwrap_or_else(now_rfc3339),
+            adopted: true,
+            ..previous.unwrap_or_default()
+        };
+        self.instances.insert(&id, seq, inst.clone());
+        Ok(inst)
+    }
+
     /// Addresses in use on a vxnet (instances and internal LBs).
     pub fn used_ips(&self, vxnet_id: &str) -> BTreeSet<String> {
         let mut used: BTreeSet<String> = self

@@ -212,3 +212,55 @@ async fn attach_limit_is_insufficient_resources() {
     assert_eq!(err.code(), Some(5200), "{err:?}");
     assert!(err.to_string().contains(&inst), "{err}");
 }
+
+#[tokio::test]
+async fn existing_hosts_are_adopted_as_instances() {
+    use iaas_emulator::config::AdoptedHost;
+    let host = |name: &str, ip: &str| AdoptedHost { name: name.into(), private_ip: ip.into(), instance_type: None };
+    let cloud = TestCloud::start_with(|c| {
+        c.adopted_instances = vec![host("kind-control-plane", "172.30.1.200")];
+        c.admin_enabled = true;
+    })
+    .await
+    .unwrap();
+    let client = cloud.client_with(fast_retries).unwrap();
+    let find = |all: &[iaas_client::model::Instance], name: &str| all.iter().find(|i| i.instance_name == name).cloned();
+    let all = client.describe_instances_all(&DescribeInstances::default()).await.unwrap();
+    let cp = find(&all, "kind-control-plane").expect("adopted from config");
+    assert!(cp.adopted && cp.status == "running", "{cp:?}");
+    assert_eq!(cp.vxnets[0].private_ip, "172.30.1.200");
+    assert!(!cp.vxnets[0].vxnet_id.is_empty(), "an address inside the vxnet joins it");
+
+    // In process, and again under the same name: same id, new address.
+    let a = cloud.emulator.adopt(&host("worker-1", "10.9.8.7")).await.unwrap();
+    assert!(a.vxnets[0].vxnet_id.is_empty(), "an address outside every vxnet joins none");
+    let b = cloud.emulator.adopt(&host("worker-1", "10.9.8.8")).await.unwrap();
+    assert_eq!(a.instance_id, b.instance_id);
+    let err = cloud.emulator.adopt(&host("worker-2", "not-an-ip")).await.unwrap_err();
+    assert!(err.to_string().contains("private_ip"), "{err}");
+
+    // Through the admin endpoint.
+    let url = format!("{}/admin/instances", cloud.emulator.endpoint());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let resp = http.post(&url).body(r#"{"name":"worker-3","private_ip":"172.30.1.201","instance_type":"bare"}"#).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let all = client.describe_instances_all(&DescribeInstances::default()).await.unwrap();
+    let w3 = find(&all, "worker-3").unwrap();
+    assert_eq!((w3.instance_type.as_str(), w3.adopted), ("bare", true));
+    assert_eq!(find(&all, "worker-1").unwrap().vxnets[0].private_ip, "10.9.8.8");
+    let bad = http.post(&url).body(r#"{"name":"w","private_ip":"1.2.3.4","colour":"red"}"#).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn admin_endpoint_is_off_unless_enabled() {
+    let cloud = TestCloud::start().await.unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    for (method, path) in [("GET", "/admin/faults"), ("GET", "/admin/stats"), ("POST", "/admin/instances")] {
+        let url = format!("{}{path}", cloud.emulator.endpoint());
+        let resp = http.request(method.parse().unwrap(), &url).body("{}").send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path}");
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod annotations;
 pub mod controller;
+pub mod rbac;
 pub mod translate;
 
 #[cfg(test)]

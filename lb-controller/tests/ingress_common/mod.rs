@@ -114,6 +114,11 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = EmulatorConfig::for_tests(dir.path());
         cfg.job_delay_ms = 2;
+        // A pool of its own per emulator: parallel tests (and other crates'
+        // tests on the default 127.77.0.0/24) must not bind the same EIP.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cfg.eip_pool = format!("127.79.{}.0/24", (std::process::id() * 7 + n) % 250);
         let mut dp = DataPlane::noop();
         dp.lbs = Arc::new(ProxyLbDriver::new(ProxyOptions::default()).unwrap());
         cfg.data_plane = dp;

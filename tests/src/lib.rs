@@ -47,7 +47,7 @@ impl TestCloud {
 
     /// A client for this emulator, with the given adjustments to its config.
     pub fn client_with(&self, adjust: impl FnOnce(&mut iaas_client::Config)) -> anyhow::Result<iaas_client::Client> {
-        let mut config = iaas_client::Config::from_credentials_file(&self.emulator.credentials_file())?;
+        let mut config = iaas_client::Config::from_credentials_file(self.emulator.credentials_file())?;
         adjust(&mut config);
         Ok(iaas_client::Client::new(config)?)
     }
@@ -115,11 +115,11 @@ impl EmulatorProcess {
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-                if !addr.trim().is_empty() {
-                    proc.addr = addr.trim().to_string();
-                    return Ok(proc);
-                }
+            if let Ok(addr) = std::fs::read_to_string(&addr_file)
+                && !addr.trim().is_empty()
+            {
+                proc.addr = addr.trim().to_string();
+                return Ok(proc);
             }
             if let Some(status) = proc.child.try_wait()? {
                 anyhow::bail!("emulator exited early with {status}");
@@ -131,7 +131,7 @@ impl EmulatorProcess {
 
     /// A client for it (credentials from its data dir, endpoint from its address).
     pub fn client(&self, adjust: impl FnOnce(&mut iaas_client::Config)) -> anyhow::Result<iaas_client::Client> {
-        let mut config = iaas_client::Config::from_credentials_file(&self.data_dir.join("credentials.yaml"))?;
+        let mut config = iaas_client::Config::from_credentials_file(self.data_dir.join("credentials.yaml"))?;
         config.endpoint = format!("http://{}", self.addr);
         adjust(&mut config);
         Ok(iaas_client::Client::new(config)?)

@@ -74,7 +74,9 @@ async fn stale_future_and_malformed_timestamps() {
 async fn missing_and_invalid_parameters_are_1100_naming_them() {
     let cloud = TestCloud::start().await.unwrap();
     let t = cloud.target();
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (action, parameters, the field the message must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("CreateVolumes", &[("volume_name", "x")], "size"),
         ("CreateVolumes", &[("size", "ten")], "size"),
         ("AttachVolumes", &[("volumes.1", "vol-x")], "instance"),

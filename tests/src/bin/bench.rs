@@ -185,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = EmulatorConfig::for_tests(dir.path());
     config.job_delay_ms = 0;
     let emulator = Emulator::start(config).await?;
-    let mut cc = iaas_client::Config::from_credentials_file(&emulator.credentials_file())?;
+    let mut cc = iaas_client::Config::from_credentials_file(emulator.credentials_file())?;
     cc.rate_limit.qps = 1_000_000;
     cc.rate_limit.burst = 1_000_000;
     let client = iaas_client::Client::new(cc)?;

@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         println!("  {line}");
     }
 
-    let mut config = iaas_client::Config::from_credentials_file(&emulator.credentials_file())?;
+    let mut config = iaas_client::Config::from_credentials_file(emulator.credentials_file())?;
     // The emulator is local: no need for the conservative default of a shared cloud account.
     config.rate_limit.qps = 200;
     config.rate_limit.burst = 200;

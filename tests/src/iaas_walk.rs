@@ -530,3 +530,58 @@ async fn leak_check(client: &Client) -> anyhow::Result<String> {
     }
     Ok("0 leaked (volumes, snapshots, LBs, EIPs, SGs, certificates, tags, statics, instances)".into())
 }
+
+/// Every live resource in the cloud that is not part of the seed (the
+/// router, vxnet, instances and default security group): what a finished
+/// walk must leave empty.
+pub async fn cloud_leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
+    let mut left = Vec::new();
+    let live = |s: &str| !matches!(s, "deleted" | "ceased" | "released");
+    for v in client.describe_volumes_all(&DescribeVolumes::default()).await? {
+        if live(&v.status) {
+            left.push(format!("volume {}", v.volume_id));
+        }
+    }
+    for s in client.describe_snapshots_all(&DescribeSnapshots::default()).await? {
+        if live(&s.status) {
+            left.push(format!("snapshot {}", s.snapshot_id));
+        }
+    }
+    for l in client.describe_load_balancers_all(&DescribeLoadBalancers::default()).await? {
+        if live(&l.status) {
+            left.push(format!("loadbalancer {}", l.loadbalancer_id));
+        }
+    }
+    for e in client.describe_eips_all(&DescribeEips::default()).await? {
+        if live(&e.status) {
+            left.push(format!("eip {}", e.eip_id));
+        }
+    }
+    for g in client.describe_security_groups_all(&DescribeSecurityGroups::default()).await? {
+        if g.is_default == 0 {
+            left.push(format!("security group {}", g.security_group_id));
+        }
+    }
+    for c in client.describe_server_certificates_all(&DescribeServerCertificates::default()).await? {
+        left.push(format!("certificate {}", c.server_certificate_id));
+    }
+    for p in client.describe_load_balancer_policies_all(&DescribeLoadBalancerPolicies::default()).await? {
+        left.push(format!("policy {}", p.loadbalancer_policy_id));
+    }
+    for t in client.describe_tags_all(&DescribeTags::default()).await? {
+        left.push(format!("tag {}", t.tag_id));
+    }
+    for s in client.describe_router_statics_all(&DescribeRouterStatics::default()).await? {
+        left.push(format!("router static {}", s.router_static_id));
+    }
+    Ok(left)
+}
+
+/// The walk's last step: the whole cloud is back to its seed.
+pub async fn final_leak_check(client: &Client) -> anyhow::Result<String> {
+    let left = cloud_leftovers(client).await?;
+    if !left.is_empty() {
+        bail!("{} resources leaked: {}", left.len(), left.join(", "));
+    }
+    Ok("0 volumes, snapshots, LBs, EIPs, security groups, certificates, policies, tags, routes".into())
+}

@@ -96,6 +96,9 @@ impl LbWalk {
         let _ = ok;
         walk.step("Service deleted: LB, listener, EIP, security group gone", delete_lb(&reconciler, client)).await;
         drop(servers);
+        if let Some(c) = &client_ns {
+            crate::ingress_walk::run(walk, client, pods, c.name()).await;
+        }
         drop(client_ns);
         walk.all_passed()
     }

@@ -4,6 +4,7 @@ pub mod control_plane;
 pub mod cni_walk;
 pub mod csi_walk;
 pub mod iaas_walk;
+pub mod ingress_walk;
 pub mod lb_walk;
 pub mod netns;
 pub mod raw;

@@ -20,9 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PodSpec, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::IngressClass;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
@@ -43,8 +41,8 @@ fn manifests() -> PathBuf {
 
 /// Every non-empty YAML document of `path`.
 fn documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     parse_documents(&text, &path.display().to_string())
 }
 
@@ -118,7 +116,11 @@ fn to_json(v: &Value) -> serde_json::Value {
 
 /// The first path where `orig` has something `back` does not (or differs).
 /// Numbers compare by value; empty objects/arrays in `orig` may be absent in `back`.
-fn first_difference(orig: &serde_json::Value, back: &serde_json::Value, at: &str) -> Option<String> {
+fn first_difference(
+    orig: &serde_json::Value,
+    back: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
     use serde_json::Value as J;
     match (orig, back) {
         (J::Object(a), J::Object(b)) => {
@@ -141,7 +143,9 @@ fn first_difference(orig: &serde_json::Value, back: &serde_json::Value, at: &str
             .zip(b)
             .enumerate()
             .find_map(|(i, (x, y))| first_difference(x, y, &format!("{at}[{i}]"))),
-        (J::Number(a), J::Number(b)) => (a.as_f64() != b.as_f64()).then(|| format!("{at}: {a} != {b}")),
+        (J::Number(a), J::Number(b)) => {
+            (a.as_f64() != b.as_f64()).then(|| format!("{at}: {a} != {b}"))
+        }
         (a, b) if a == b => None,
         (a, b) => Some(format!("{at}: {a} != {b}")),
     }
@@ -172,18 +176,34 @@ fn check_typed(doc: &Value, origin: &str) {
                 Some("snapshot.storage.k8s.io/v1"),
                 "{origin}"
             );
-            assert!(!name(doc).is_empty(), "{origin}: VolumeSnapshotClass without a name");
-            assert!(str_at(doc, &["driver"]).is_some_and(|d| !d.is_empty()), "{origin}: driver");
+            assert!(
+                !name(doc).is_empty(),
+                "{origin}: VolumeSnapshotClass without a name"
+            );
+            assert!(
+                str_at(doc, &["driver"]).is_some_and(|d| !d.is_empty()),
+                "{origin}: driver"
+            );
             let policy = str_at(doc, &["deletionPolicy"]);
             assert!(
                 matches!(policy, Some("Delete") | Some("Retain")),
                 "{origin}: deletionPolicy {policy:?}"
             );
-            let allowed: BTreeSet<&str> =
-                ["apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"].into();
+            let allowed: BTreeSet<&str> = [
+                "apiVersion",
+                "kind",
+                "metadata",
+                "driver",
+                "deletionPolicy",
+                "parameters",
+            ]
+            .into();
             for k in doc.as_mapping().unwrap().keys() {
                 let k = k.as_str().unwrap_or("");
-                assert!(allowed.contains(k), "{origin}: VolumeSnapshotClass field {k:?}");
+                assert!(
+                    allowed.contains(k),
+                    "{origin}: VolumeSnapshotClass field {k:?}"
+                );
             }
         }
         "Kustomization" => {}
@@ -234,16 +254,28 @@ fn kustomize(dir: &Path) -> Result<Vec<Value>, String> {
     let kfile = dir.join("kustomization.yaml");
     let text = std::fs::read_to_string(&kfile).map_err(|e| format!("{}: {e}", kfile.display()))?;
     let k: Value = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", kfile.display()))?;
-    let map = k.as_mapping().ok_or_else(|| format!("{}: not a mapping", kfile.display()))?;
+    let map = k
+        .as_mapping()
+        .ok_or_else(|| format!("{}: not a mapping", kfile.display()))?;
     for key in map.keys() {
         let key = key.as_str().unwrap_or("");
         if !["apiVersion", "kind", "namespace", "resources", "patches"].contains(&key) {
-            return Err(format!("{}: {key:?} is not in the supported subset", kfile.display()));
+            return Err(format!(
+                "{}: {key:?} is not in the supported subset",
+                kfile.display()
+            ));
         }
     }
     let mut objects = Vec::new();
-    for r in k.get("resources").and_then(Value::as_sequence).into_iter().flatten() {
-        let r = r.as_str().ok_or_else(|| format!("{}: resources: not a string", kfile.display()))?;
+    for r in k
+        .get("resources")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let r = r
+            .as_str()
+            .ok_or_else(|| format!("{}: resources: not a string", kfile.display()))?;
         let path = dir.join(r);
         if path.is_dir() {
             objects.extend(kustomize(&path)?);
@@ -253,17 +285,29 @@ fn kustomize(dir: &Path) -> Result<Vec<Value>, String> {
             return Err(format!("{}: resource {r} does not exist", kfile.display()));
         }
     }
-    for p in k.get("patches").and_then(Value::as_sequence).into_iter().flatten() {
-        let file = p
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{}: patches: only `path:` patches are supported", kfile.display()))?;
+    for p in k
+        .get("patches")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let file = p.get("path").and_then(Value::as_str).ok_or_else(|| {
+            format!(
+                "{}: patches: only `path:` patches are supported",
+                kfile.display()
+            )
+        })?;
         for patch in documents(&dir.join(file)) {
             let target = objects
                 .iter_mut()
                 .find(|o| kind(o) == kind(&patch) && name(o) == name(&patch))
                 .ok_or_else(|| {
-                    format!("{}: patch {file}: no {} {}", kfile.display(), kind(&patch), name(&patch))
+                    format!(
+                        "{}: patch {file}: no {} {}",
+                        kfile.display(),
+                        kind(&patch),
+                        name(&patch)
+                    )
                 })?;
             merge(target, &patch);
         }
@@ -312,15 +356,22 @@ fn set_namespace(o: &mut Value, ns: &str) {
     if k == "Namespace" {
         meta["name"] = ns.into();
     } else if !CLUSTER_SCOPED.contains(&k.as_str()) {
-        meta.as_mapping_mut().unwrap().insert("namespace".into(), ns.into());
+        meta.as_mapping_mut()
+            .unwrap()
+            .insert("namespace".into(), ns.into());
     }
     if k == "RoleBinding" || k == "ClusterRoleBinding" {
         if let Some(Value::Sequence(subjects)) = o.get_mut("subjects") {
             for s in subjects {
                 if s.get("kind").and_then(Value::as_str) == Some("ServiceAccount")
-                    && matches!(s.get("namespace").and_then(Value::as_str), None | Some("default"))
+                    && matches!(
+                        s.get("namespace").and_then(Value::as_str),
+                        None | Some("default")
+                    )
                 {
-                    s.as_mapping_mut().unwrap().insert("namespace".into(), ns.into());
+                    s.as_mapping_mut()
+                        .unwrap()
+                        .insert("namespace".into(), ns.into());
                 }
             }
         }
@@ -342,16 +393,22 @@ fn of_kind<T: DeserializeOwned>(objects: &[Value], k: &str) -> Vec<T> {
     objects
         .iter()
         .filter(|o| kind(o) == k)
-        .map(|o| serde_yaml::from_value(o.clone()).unwrap_or_else(|e| panic!("{k} {}: {e}", name(o))))
+        .map(|o| {
+            serde_yaml::from_value(o.clone()).unwrap_or_else(|e| panic!("{k} {}: {e}", name(o)))
+        })
         .collect()
 }
 
 #[test]
 fn kustomize_subset_merges_and_namespaces() {
-    let mut target: Value =
-        serde_yaml::from_str("kind: ConfigMap\nmetadata: {name: a}\ndata: {x: '1', y: '2'}\nlist: [1, 2]\n").unwrap();
-    let patch: Value =
-        serde_yaml::from_str("kind: ConfigMap\nmetadata: {name: a}\ndata: {y: '3', z: '4'}\nlist: [9]\n").unwrap();
+    let mut target: Value = serde_yaml::from_str(
+        "kind: ConfigMap\nmetadata: {name: a}\ndata: {x: '1', y: '2'}\nlist: [1, 2]\n",
+    )
+    .unwrap();
+    let patch: Value = serde_yaml::from_str(
+        "kind: ConfigMap\nmetadata: {name: a}\ndata: {y: '3', z: '4'}\nlist: [9]\n",
+    )
+    .unwrap();
     merge(&mut target, &patch);
     assert_eq!(str_at(&target, &["data", "x"]), Some("1"));
     assert_eq!(str_at(&target, &["data", "y"]), Some("3"));
@@ -462,7 +519,11 @@ fn overlays_build_and_point_at_their_endpoints() {
     let want: BTreeSet<String> = ["Deployment", "Service", "Secret"]
         .iter()
         .map(|k| {
-            let n = if *k == "Secret" { "iaas-emulator-config" } else { "iaas-emulator" };
+            let n = if *k == "Secret" {
+                "iaas-emulator-config"
+            } else {
+                "iaas-emulator"
+            };
             format!("{k}/{NAMESPACE}/{n}")
         })
         .collect();
@@ -474,32 +535,49 @@ fn overlays_build_and_point_at_their_endpoints() {
     }
     let (endpoint, zone) = cloud_config_consistent(&emu, "overlays/emulator");
     // The endpoint names the emulator's Service, in our namespace, on its port.
-    let svc: Service = serde_yaml::from_value(find(&emu, "Service", "iaas-emulator").clone()).unwrap();
+    let svc: Service =
+        serde_yaml::from_value(find(&emu, "Service", "iaas-emulator").clone()).unwrap();
     let port = svc.spec.unwrap().ports.unwrap()[0].port;
     assert_eq!(endpoint, format!("http://iaas-emulator.{NAMESPACE}:{port}"));
 
     // The emulator serves the API only, on that port, with the preset keys.
-    let d: Deployment = serde_yaml::from_value(find(&emu, "Deployment", "iaas-emulator").clone()).unwrap();
+    let d: Deployment =
+        serde_yaml::from_value(find(&emu, "Deployment", "iaas-emulator").clone()).unwrap();
     let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
     let args = c.args.clone().unwrap();
     assert_eq!(args[0], "serve");
-    assert!(args.contains(&"--control-plane-only".to_string()), "{args:?}");
-    assert!(args.contains(&format!("--listen=0.0.0.0:{port}")), "{args:?}");
+    assert!(
+        args.contains(&"--control-plane-only".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&format!("--listen=0.0.0.0:{port}")),
+        "{args:?}"
+    );
     let cfg_secret: Secret =
         serde_yaml::from_value(find(&emu, "Secret", "iaas-emulator-config").clone()).unwrap();
-    let emu_cfg: Value = serde_yaml::from_str(&cfg_secret.string_data.unwrap()["config.yaml"]).unwrap();
+    let emu_cfg: Value =
+        serde_yaml::from_str(&cfg_secret.string_data.unwrap()["config.yaml"]).unwrap();
     assert_eq!(emu_cfg["zone"].as_str(), Some(zone.as_str()));
-    assert_eq!(emu_cfg["listen"].as_str(), Some(format!("0.0.0.0:{port}").as_str()));
-    let creds: Secret = serde_yaml::from_value(find(&emu, "Secret", "cloudsuite-credentials").clone()).unwrap();
+    assert_eq!(
+        emu_cfg["listen"].as_str(),
+        Some(format!("0.0.0.0:{port}").as_str())
+    );
+    let creds: Secret =
+        serde_yaml::from_value(find(&emu, "Secret", "cloudsuite-credentials").clone()).unwrap();
     let creds = creds.string_data.unwrap();
-    assert_eq!(emu_cfg["credentials"]["access_key_id"].as_str(), Some(creds["access_key_id"].as_str()));
+    assert_eq!(
+        emu_cfg["credentials"]["access_key_id"].as_str(),
+        Some(creds["access_key_id"].as_str())
+    );
     assert_eq!(
         emu_cfg["credentials"]["secret_access_key"].as_str(),
         Some(creds["secret_access_key"].as_str())
     );
     // The host-network CCM resolves the in-cluster name through cluster DNS.
     let ccm: Deployment =
-        serde_yaml::from_value(find(&emu, "Deployment", "cloud-controller-manager").clone()).unwrap();
+        serde_yaml::from_value(find(&emu, "Deployment", "cloud-controller-manager").clone())
+            .unwrap();
     let spec = ccm.spec.unwrap().template.spec.unwrap();
     assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
     assert_eq!(spec.host_network, Some(true));
@@ -510,8 +588,22 @@ fn pod_specs(objects: &[Value]) -> Vec<(String, PodSpec)> {
     let mut out = Vec::new();
     for o in objects {
         let spec = match kind(o) {
-            "Deployment" => serde_yaml::from_value::<Deployment>(o.clone()).unwrap().spec.unwrap().template.spec,
-            "DaemonSet" => serde_yaml::from_value::<DaemonSet>(o.clone()).unwrap().spec.unwrap().template.spec,
+            "Deployment" => {
+                serde_yaml::from_value::<Deployment>(o.clone())
+                    .unwrap()
+                    .spec
+                    .unwrap()
+                    .template
+                    .spec
+            }
+            "DaemonSet" => {
+                serde_yaml::from_value::<DaemonSet>(o.clone())
+                    .unwrap()
+                    .spec
+                    .unwrap()
+                    .template
+                    .spec
+            }
             _ => continue,
         };
         out.push((key(o), spec.unwrap()));
@@ -543,29 +635,48 @@ fn check_references(objects: &[Value], origin: &str) {
                 if let Some(cm) = &src.config_map {
                     need("ConfigMap", &ns, &cm.name, &wkey);
                     let obj: ConfigMap =
-                        serde_yaml::from_value(find(objects, "ConfigMap", &cm.name).clone()).unwrap();
+                        serde_yaml::from_value(find(objects, "ConfigMap", &cm.name).clone())
+                            .unwrap();
                     let data = obj.data.unwrap_or_default();
                     for item in cm.items.iter().flatten() {
-                        assert!(data.contains_key(&item.key), "{origin}: {wkey}: ConfigMap key {}", item.key);
+                        assert!(
+                            data.contains_key(&item.key),
+                            "{origin}: {wkey}: ConfigMap key {}",
+                            item.key
+                        );
                     }
                 }
                 if let Some(s) = &src.secret {
                     need("Secret", &ns, &s.name, &wkey);
-                    let obj: Secret = serde_yaml::from_value(find(objects, "Secret", &s.name).clone()).unwrap();
+                    let obj: Secret =
+                        serde_yaml::from_value(find(objects, "Secret", &s.name).clone()).unwrap();
                     let data = obj.string_data.unwrap_or_default();
                     for item in s.items.iter().flatten() {
-                        assert!(data.contains_key(&item.key), "{origin}: {wkey}: Secret key {}", item.key);
+                        assert!(
+                            data.contains_key(&item.key),
+                            "{origin}: {wkey}: Secret key {}",
+                            item.key
+                        );
                     }
                 }
             }
         }
         for c in &spec.containers {
             for e in c.env.iter().flatten() {
-                if let Some(r) = e.value_from.as_ref().and_then(|v| v.config_map_key_ref.as_ref()) {
+                if let Some(r) = e
+                    .value_from
+                    .as_ref()
+                    .and_then(|v| v.config_map_key_ref.as_ref())
+                {
                     need("ConfigMap", &ns, &r.name, &wkey);
                     let obj: ConfigMap =
-                        serde_yaml::from_value(find(objects, "ConfigMap", &r.name).clone()).unwrap();
-                    assert!(obj.data.unwrap_or_default().contains_key(&r.key), "{origin}: {wkey}: {}", r.key);
+                        serde_yaml::from_value(find(objects, "ConfigMap", &r.name).clone())
+                            .unwrap();
+                    assert!(
+                        obj.data.unwrap_or_default().contains_key(&r.key),
+                        "{origin}: {wkey}: {}",
+                        r.key
+                    );
                 }
             }
         }
@@ -574,11 +685,17 @@ fn check_references(objects: &[Value], origin: &str) {
         for b in objects.iter().filter(|o| kind(o) == k) {
             let role_kind = str_at(b, &["roleRef", "kind"]).unwrap();
             let role_name = str_at(b, &["roleRef", "name"]).unwrap();
-            let role_ns = if role_kind == "Role" { namespace(b).unwrap() } else { "-" };
+            let role_ns = if role_kind == "Role" {
+                namespace(b).unwrap()
+            } else {
+                "-"
+            };
             need(role_kind, role_ns, role_name, &key(b));
             for s in b["subjects"].as_sequence().unwrap() {
                 if s["kind"].as_str() == Some("ServiceAccount") {
-                    let sns = s["namespace"].as_str().expect("ServiceAccount subject without namespace");
+                    let sns = s["namespace"]
+                        .as_str()
+                        .expect("ServiceAccount subject without namespace");
                     need("ServiceAccount", sns, s["name"].as_str().unwrap(), &key(b));
                 }
             }
@@ -590,7 +707,8 @@ fn check_references(objects: &[Value], origin: &str) {
 /// credentials under `credentials/`) into `dir`.
 fn materialize_cloud_config(objects: &[Value], dir: &Path) -> BTreeMap<String, String> {
     let cm: ConfigMap =
-        serde_yaml::from_value(find(objects, "ConfigMap", "cloudsuite-cloud-config").clone()).unwrap();
+        serde_yaml::from_value(find(objects, "ConfigMap", "cloudsuite-cloud-config").clone())
+            .unwrap();
     let data = cm.data.unwrap();
     for (k, v) in &data {
         std::fs::write(dir.join(k), v).unwrap();
@@ -609,14 +727,18 @@ fn materialize_cloud_config(objects: &[Value], dir: &Path) -> BTreeMap<String, S
 fn cloud_config_consistent(objects: &[Value], origin: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = materialize_cloud_config(objects, dir.path());
-    let (ccm, ccm_iaas) = cloud_provider::config::load(&dir.path().join("cloud-config.yaml"), |_| None)
-        .unwrap_or_else(|e| panic!("{origin}: cloud-config.yaml: {e}"));
+    let (ccm, ccm_iaas) =
+        cloud_provider::config::load(&dir.path().join("cloud-config.yaml"), |_| None)
+            .unwrap_or_else(|e| panic!("{origin}: cloud-config.yaml: {e}"));
     let iaas = iaas_client::Config::from_yaml_file(dir.path().join("iaas.yaml"))
         .unwrap_or_else(|e| panic!("{origin}: iaas.yaml: {e}"));
     assert_eq!(ccm.zone, iaas.zone, "{origin}: zone");
     assert_eq!(data["zone"].trim(), iaas.zone, "{origin}: zone key");
     assert_eq!(ccm_iaas.endpoint, iaas.endpoint, "{origin}: endpoint");
-    assert_eq!(ccm_iaas.credentials, iaas.credentials, "{origin}: credentials");
+    assert_eq!(
+        ccm_iaas.credentials, iaas.credentials,
+        "{origin}: credentials"
+    );
     (iaas.endpoint, iaas.zone)
 }
 
@@ -642,7 +764,10 @@ fn calls(list: &[(&str, &str, &str)]) -> BTreeSet<Call> {
 fn rule_calls(rules: &[PolicyRule], origin: &str) -> BTreeSet<Call> {
     let mut out = BTreeSet::new();
     for rule in rules {
-        assert!(rule.non_resource_urls.is_none(), "{origin}: non-resource URLs");
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{origin}: non-resource URLs"
+        );
         for g in rule.api_groups.iter().flatten() {
             assert_ne!(g, "*", "{origin}: wildcard group");
             for r in rule.resources.iter().flatten() {
@@ -659,7 +784,11 @@ fn rule_calls(rules: &[PolicyRule], origin: &str) -> BTreeSet<Call> {
 
 /// What the ServiceAccount `ns/sa` is granted: (cluster-wide, in `ns`), and
 /// the resourceNames restrictions of the namespaced rules per resource.
-fn grants(objects: &[Value], ns: &str, sa: &str) -> (BTreeSet<Call>, BTreeSet<Call>, Vec<PolicyRule>) {
+fn grants(
+    objects: &[Value],
+    ns: &str,
+    sa: &str,
+) -> (BTreeSet<Call>, BTreeSet<Call>, Vec<PolicyRule>) {
     let binds = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
         subjects.iter().flatten().any(|s| {
             s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(ns)
@@ -670,8 +799,12 @@ fn grants(objects: &[Value], ns: &str, sa: &str) -> (BTreeSet<Call>, BTreeSet<Ca
         if binds(&b.subjects) {
             assert_eq!(b.role_ref.kind, "ClusterRole");
             let role: ClusterRole =
-                serde_yaml::from_value(find(objects, "ClusterRole", &b.role_ref.name).clone()).unwrap();
-            cluster.extend(rule_calls(role.rules.as_deref().unwrap_or_default(), &b.role_ref.name));
+                serde_yaml::from_value(find(objects, "ClusterRole", &b.role_ref.name).clone())
+                    .unwrap();
+            cluster.extend(rule_calls(
+                role.rules.as_deref().unwrap_or_default(),
+                &b.role_ref.name,
+            ));
         }
     }
     let mut local = BTreeSet::new();
@@ -679,7 +812,8 @@ fn grants(objects: &[Value], ns: &str, sa: &str) -> (BTreeSet<Call>, BTreeSet<Ca
     for b in of_kind::<RoleBinding>(objects, "RoleBinding") {
         if b.metadata.namespace.as_deref() == Some(ns) && binds(&b.subjects) {
             assert_eq!(b.role_ref.kind, "Role", "a namespaced grant uses a Role");
-            let role: Role = serde_yaml::from_value(find(objects, "Role", &b.role_ref.name).clone()).unwrap();
+            let role: Role =
+                serde_yaml::from_value(find(objects, "Role", &b.role_ref.name).clone()).unwrap();
             let rules = role.rules.unwrap_or_default();
             local.extend(rule_calls(&rules, &b.role_ref.name));
             local_rules.extend(rules);
@@ -690,7 +824,8 @@ fn grants(objects: &[Value], ns: &str, sa: &str) -> (BTreeSet<Call>, BTreeSet<Ca
 
 /// The flag value `--name=value` in `args`.
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().find_map(|a| a.strip_prefix(&format!("--{name}=")))
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("--{name}=")))
 }
 
 #[test]
@@ -700,12 +835,16 @@ fn ccm_rbac_grants_exactly_the_calls_the_code_makes() {
     let all = calls(cloud_provider::rbac::API_CALLS);
     let leases = calls(cloud_provider::rbac::LEADER_ELECTION_CALLS);
     assert!(leases.is_subset(&all));
-    assert_eq!(cluster, all.difference(&leases).cloned().collect::<BTreeSet<_>>());
+    assert_eq!(
+        cluster,
+        all.difference(&leases).cloned().collect::<BTreeSet<_>>()
+    );
     assert_eq!(local, leases);
 
     // get/patch of the Lease are restricted to the Lease the Deployment names.
     let d: Deployment =
-        serde_yaml::from_value(find(&objects, "Deployment", "cloud-controller-manager").clone()).unwrap();
+        serde_yaml::from_value(find(&objects, "Deployment", "cloud-controller-manager").clone())
+            .unwrap();
     let spec = d.spec.unwrap();
     let pod = spec.template.spec.unwrap();
     let c = &pod.containers[0];
@@ -713,12 +852,21 @@ fn ccm_rbac_grants_exactly_the_calls_the_code_makes() {
     let lease = flag(&args, "leader-elect-lease-name").unwrap_or("cloud-controller-manager");
     for rule in &local_rules {
         if rule.verbs.iter().any(|v| v == "create") {
-            assert!(rule.resource_names.is_none(), "create cannot be limited by name");
+            assert!(
+                rule.resource_names.is_none(),
+                "create cannot be limited by name"
+            );
         } else {
-            assert_eq!(rule.resource_names.as_deref(), Some(&[lease.to_string()][..]));
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&[lease.to_string()][..])
+            );
         }
     }
-    assert_eq!(pod.service_account_name.as_deref(), Some("cloud-controller-manager"));
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("cloud-controller-manager")
+    );
 }
 
 #[test]
@@ -739,7 +887,14 @@ fn ingress_rbac_grants_exactly_the_calls_the_controller_makes() {
     let objects = kustomize(&dir).unwrap();
     let (wkey, spec) = pod_specs(&objects)
         .into_iter()
-        .find(|(_, s)| s.containers.iter().any(|c| c.image.as_deref().unwrap_or("").contains("ingress-controller")))
+        .find(|(_, s)| {
+            s.containers.iter().any(|c| {
+                c.image
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("ingress-controller")
+            })
+        })
         .expect("an ingress-controller workload");
     let sa = spec.service_account_name.clone().expect("a ServiceAccount");
     let ns = wkey.split('/').nth(1).unwrap();
@@ -749,13 +904,19 @@ fn ingress_rbac_grants_exactly_the_calls_the_controller_makes() {
     let leases = calls(lb_controller::ingress::rbac::LEADER_ELECTION_CALLS);
     let granted: BTreeSet<Call> = cluster.union(&local).cloned().collect();
     assert_eq!(granted, all);
-    assert!(local.is_subset(&leases), "only the Lease is namespaced: {local:?}");
+    assert!(
+        local.is_subset(&leases),
+        "only the Lease is namespaced: {local:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
 // Workloads against the binaries' flags
 
-fn containers_with_image(objects: &[Value], image_part: &str) -> Vec<(String, k8s_openapi::api::core::v1::Container)> {
+fn containers_with_image(
+    objects: &[Value],
+    image_part: &str,
+) -> Vec<(String, k8s_openapi::api::core::v1::Container)> {
     pod_specs(objects)
         .into_iter()
         .flat_map(|(k, s)| s.containers.into_iter().map(move |c| (k.clone(), c)))
@@ -777,24 +938,38 @@ fn container_arguments_parse_with_the_binaries_flag_parsers() {
     .unwrap_or_else(|e| panic!("CCM args {args:?}: {e}"));
     flags.validate().unwrap();
     assert!(flags.leader_elect, "two replicas need leader election");
-    assert_eq!(flags.cloud_config, Path::new("/etc/cloudsuite/cloud-config.yaml"));
+    assert_eq!(
+        flags.cloud_config,
+        Path::new("/etc/cloudsuite/cloud-config.yaml")
+    );
     let mount = ccm[0].1.volume_mounts.as_ref().unwrap();
     assert!(mount.iter().any(|m| m.mount_path == "/etc/cloudsuite"));
     let d: Deployment =
-        serde_yaml::from_value(find(&objects, "Deployment", "cloud-controller-manager").clone()).unwrap();
+        serde_yaml::from_value(find(&objects, "Deployment", "cloud-controller-manager").clone())
+            .unwrap();
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
     let env = ccm[0].1.env.clone().unwrap();
     let field = |n: &str| {
-        env.iter()
-            .find(|e| e.name == n)
-            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref().map(|f| f.field_path.clone()))
+        env.iter().find(|e| e.name == n).and_then(|e| {
+            e.value_from
+                .as_ref()?
+                .field_ref
+                .as_ref()
+                .map(|f| f.field_path.clone())
+        })
     };
-    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    assert_eq!(
+        field("POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
     assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
     let port = flags.metrics_addr.port();
     for probe in [&ccm[0].1.liveness_probe, &ccm[0].1.readiness_probe] {
         let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
-        assert_eq!(get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port.into()));
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port.into())
+        );
     }
 
     let csi = containers_with_image(&objects, "cloudsuite/csi-driver");
@@ -808,7 +983,10 @@ fn container_arguments_parse_with_the_binaries_flag_parsers() {
         if let Some(cfg) = &parsed.iaas_config {
             let dir = cfg.parent().unwrap().to_str().unwrap();
             assert!(
-                c.volume_mounts.iter().flatten().any(|m| m.mount_path == dir),
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.mount_path == dir),
                 "{wkey}: --iaas-config {} is not mounted",
                 cfg.display()
             );
@@ -885,7 +1063,10 @@ mod helm {
         Ok(out)
     }
 
-    fn parse(tokens: &mut std::iter::Peekable<std::vec::IntoIter<(bool, String)>>, top: bool) -> Result<(Vec<Node>, Option<String>), String> {
+    fn parse(
+        tokens: &mut std::iter::Peekable<std::vec::IntoIter<(bool, String)>>,
+        top: bool,
+    ) -> Result<(Vec<Node>, Option<String>), String> {
         let mut nodes = Vec::new();
         while let Some((is_action, s)) = tokens.next() {
             if !is_action {
@@ -935,12 +1116,18 @@ mod helm {
             if path == ".Chart.AppVersion" {
                 return Ok(Value::String(self.app_version.clone()));
             }
-            let rest = path.strip_prefix(".Values").ok_or_else(|| format!("unsupported term {path:?}"))?;
+            let rest = path
+                .strip_prefix(".Values")
+                .ok_or_else(|| format!("unsupported term {path:?}"))?;
             let mut cur = &self.values;
             for part in rest.split('.').filter(|p| !p.is_empty()) {
-                cur = cur.get(part).ok_or_else(|| format!("{path}: no such value"))?;
+                cur = cur
+                    .get(part)
+                    .ok_or_else(|| format!("{path}: no such value"))?;
             }
-            self.used.borrow_mut().insert(rest.trim_start_matches('.').to_string());
+            self.used
+                .borrow_mut()
+                .insert(rest.trim_start_matches('.').to_string());
             Ok(cur.clone())
         }
 
@@ -962,7 +1149,10 @@ mod helm {
             for stage in expr.split('|') {
                 let words: Vec<&str> = stage.split_whitespace().collect();
                 let (f, args) = words.split_first().ok_or("empty pipeline stage")?;
-                let mut vals = args.iter().map(|a| self.term(a)).collect::<Result<Vec<_>, _>>()?;
+                let mut vals = args
+                    .iter()
+                    .map(|a| self.term(a))
+                    .collect::<Result<Vec<_>, _>>()?;
                 if let Some(a) = acc.take() {
                     vals.push(a);
                 }
@@ -970,15 +1160,27 @@ mod helm {
                     "toYaml" => Value::String(to_yaml(one(&vals, f)?)),
                     "quote" => Value::String(format!("{:?}", scalar(one(&vals, f)?)?)),
                     "nindent" | "indent" => {
-                        let [n, v] = &vals[..] else { return Err(format!("{f}: two arguments")) };
+                        let [n, v] = &vals[..] else {
+                            return Err(format!("{f}: two arguments"));
+                        };
                         let n = n.as_u64().ok_or("indent width")? as usize;
                         let pad = " ".repeat(n);
                         let body = scalar(v)?
                             .lines()
-                            .map(|l| if l.is_empty() { String::new() } else { format!("{pad}{l}") })
+                            .map(|l| {
+                                if l.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("{pad}{l}")
+                                }
+                            })
                             .collect::<Vec<_>>()
                             .join("\n");
-                        Value::String(if *f == "nindent" { format!("\n{body}") } else { body })
+                        Value::String(if *f == "nindent" {
+                            format!("\n{body}")
+                        } else {
+                            body
+                        })
                     }
                     "not" => Value::Bool(!truthy(one(&vals, f)?)),
                     t if vals.is_empty() => self.term(t)?,
@@ -994,7 +1196,11 @@ mod helm {
                     Node::Text(t) => out.push_str(t),
                     Node::Expr(e) => out.push_str(&scalar(&self.eval(e)?)?),
                     Node::If(c, then, otherwise) => {
-                        let branch = if truthy(&self.eval(c)?) { then } else { otherwise };
+                        let branch = if truthy(&self.eval(c)?) {
+                            then
+                        } else {
+                            otherwise
+                        };
                         self.render_nodes(branch, out)?;
                     }
                 }
@@ -1057,7 +1263,9 @@ fn chart_dir() -> PathBuf {
 /// Renders every template of the chart with `values`; returns the objects
 /// and the `.Values` paths the templates read.
 fn render_chart(values: Value) -> (Vec<Value>, BTreeSet<String>) {
-    let chart: Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap())
+            .unwrap();
     let scope = helm::Scope {
         values,
         namespace: NAMESPACE.into(),
@@ -1074,7 +1282,9 @@ fn render_chart(values: Value) -> (Vec<Value>, BTreeSet<String>) {
     let mut objects = Vec::new();
     for f in files {
         let src = std::fs::read_to_string(&f).unwrap();
-        let out = scope.render(&src).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let out = scope
+            .render(&src)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         objects.extend(parse_documents(&out, &f.display().to_string()));
     }
     // The paths written in the templates (also those in branches the
@@ -1094,7 +1304,8 @@ fn render_chart(values: Value) -> (Vec<Value>, BTreeSet<String>) {
 }
 
 fn default_values() -> Value {
-    serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap()).unwrap()
+    serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
+        .unwrap()
 }
 
 #[test]
@@ -1110,7 +1321,8 @@ fn chart_default_render_equals_the_kustomize_base() {
         .filter(|o| kind(o) != "Namespace")
         .map(|o| (key(o), normalized(o)))
         .collect();
-    let chart: BTreeMap<String, serde_json::Value> = rendered.iter().map(|o| (key(o), normalized(o))).collect();
+    let chart: BTreeMap<String, serde_json::Value> =
+        rendered.iter().map(|o| (key(o), normalized(o))).collect();
     assert_eq!(
         chart.keys().collect::<Vec<_>>(),
         base.keys().collect::<Vec<_>>(),
@@ -1118,7 +1330,8 @@ fn chart_default_render_equals_the_kustomize_base() {
     );
     for (k, want) in &base {
         let got = &chart[k];
-        if let Some(d) = first_difference(want, got, "").or_else(|| first_difference(got, want, "")) {
+        if let Some(d) = first_difference(want, got, "").or_else(|| first_difference(got, want, ""))
+        {
             panic!("{k}: chart and base differ at {d}");
         }
     }
@@ -1132,7 +1345,8 @@ fn normalized(o: &Value) -> serde_json::Value {
         if let Some(serde_json::Value::Object(data)) = j.get_mut("data") {
             for (k, v) in data.iter_mut() {
                 if let (true, Some(text)) = (k.ends_with(".yaml"), v.as_str()) {
-                    let parsed: Value = serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{k}: {e}"));
+                    let parsed: Value =
+                        serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{k}: {e}"));
                     *v = to_json(&parsed);
                 }
             }
@@ -1147,7 +1361,15 @@ fn leaves(v: &Value, at: &str, out: &mut BTreeSet<String>) {
         Value::Mapping(m) if !m.is_empty() => {
             for (k, v) in m {
                 let k = k.as_str().unwrap();
-                leaves(v, &if at.is_empty() { k.to_string() } else { format!("{at}.{k}") }, out);
+                leaves(
+                    v,
+                    &if at.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{at}.{k}")
+                    },
+                    out,
+                );
             }
         }
         _ => {
@@ -1163,7 +1385,11 @@ fn chart_values_are_all_used_and_components_can_be_disabled() {
     leaves(&default_values(), "", &mut all);
     let unused: Vec<&String> = all
         .iter()
-        .filter(|leaf| !used.iter().any(|u| *leaf == u || leaf.starts_with(&format!("{u}."))))
+        .filter(|leaf| {
+            !used
+                .iter()
+                .any(|u| *leaf == u || leaf.starts_with(&format!("{u}.")))
+        })
         .collect();
     assert!(unused.is_empty(), "values no template reads: {unused:?}");
 
@@ -1179,7 +1405,11 @@ fn chart_values_are_all_used_and_components_can_be_disabled() {
         let keys: BTreeSet<String> = render_chart(values).0.iter().map(key).collect();
         let gone: BTreeSet<&String> = full.difference(&keys).collect();
         assert!(!gone.is_empty(), "{component}");
-        assert!(gone.iter().all(|k| k.contains(marker) || k.contains("disk.csi")), "{component}: {gone:?}");
+        assert!(
+            gone.iter()
+                .all(|k| k.contains(marker) || k.contains("disk.csi")),
+            "{component}: {gone:?}"
+        );
         assert!(keys.contains(&format!("ConfigMap/{NAMESPACE}/cloudsuite-cloud-config")));
     }
 }
@@ -1201,6 +1431,66 @@ fn chart_renderer_subset() {
         )
         .unwrap();
     assert_eq!(out, "x: x\ny: \"ns\"\nz: 3\nm:\n  k: v\nw: 1\n");
-    assert!(scope.render("{{ .Values.a.missing }}").unwrap_err().contains("a.missing"));
+    assert!(
+        scope
+            .render("{{ .Values.a.missing }}")
+            .unwrap_err()
+            .contains("a.missing")
+    );
     assert!(scope.render("{{ if .Values.a.on }}").is_err());
+}
+
+#[test]
+fn typed_check_rejects_unknown_fields() {
+    let bad: Value = serde_yaml::from_str(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndatta: {x: y}\n",
+    )
+    .unwrap();
+    assert!(std::panic::catch_unwind(|| check_typed(&bad, "t")).is_err());
+    let good: Value = serde_yaml::from_str(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {x: y}\n",
+    )
+    .unwrap();
+    check_typed(&good, "t");
+}
+
+#[test]
+fn chart_renders_with_every_optional_knob_set() {
+    let mut values = default_values();
+    let set: Value = serde_yaml::from_str(
+        "region: pek3\nvxnetId: vxnet-1234\nproviderName: qc\nnodeMatchOrder: [node-name, internal-ip]\n\
+         loadBalancerClass: example.com/lb\ndefaultEipBandwidth: 20\ndefaultLbType: 1\n\
+         iaasClient: {signature_method: HmacSHA256, rate_limit: {qps: 5, burst: 10}}\n",
+    )
+    .unwrap();
+    merge(&mut values["cloud"], &set);
+    values["ccm"]["nodeSelector"] =
+        serde_yaml::from_str("{node-role.kubernetes.io/control-plane: ''}").unwrap();
+    values["cni"]["ipMasq"]["enabled"] = Value::Bool(true);
+    let (objects, _) = render_chart(values);
+    for o in &objects {
+        check_typed(o, "chart (knobs set)");
+    }
+    check_references(&objects, "chart (knobs set)");
+    let dir = tempfile::tempdir().unwrap();
+    materialize_cloud_config(&objects, dir.path());
+    let (ccm, _) =
+        cloud_provider::config::load(&dir.path().join("cloud-config.yaml"), |_| None).unwrap();
+    assert_eq!(ccm.region, "pek3");
+    assert_eq!(ccm.provider_name, "qc");
+    assert_eq!(ccm.default_eip_bandwidth, 20);
+    assert_eq!(ccm.default_lb_type, 1);
+    assert_eq!(ccm.node_match_order.len(), 2);
+    let iaas = iaas_client::Config::from_yaml_file(dir.path().join("iaas.yaml")).unwrap();
+    assert_eq!(iaas.rate_limit.qps, 5);
+    let ds: DaemonSet =
+        serde_yaml::from_value(find(&objects, "DaemonSet", "cloudsuite-cni").clone()).unwrap();
+    let env = ds.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "CNI_IP_MASQ" && e.value.as_deref() == Some("true"))
+    );
 }

@@ -110,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
         walk.skip("pods across nodes", "needs root and iproute2 (instances are network namespaces)");
     }
 
+    walk.section("Teardown");
+    walk.step("the cloud is back to its seed: nothing leaked", suite_tests::iaas_walk::final_leak_check(&client)).await;
+
     print!("{}", walk.summary());
     let stats = emulator.stats();
     let calls: u64 = stats.values().map(|s| s.calls).sum();

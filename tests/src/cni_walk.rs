@@ -180,8 +180,19 @@ async fn unroute(client: &Client, statics: &mut Vec<String>) -> anyhow::Result<S
     Ok(format!("{n} routes deleted and applied"))
 }
 
+/// A TCP round trip, tried up to 3 times: the first packets to a fresh
+/// namespace may wait on neighbour resolution. A retry is reported on stderr
+/// so that flakiness stays visible.
 async fn blocking_round_trip(from: String, to: String, addr: Ipv4Addr) -> anyhow::Result<bool> {
-    tokio::task::spawn_blocking(move || netns::tcp_round_trip(&from, &to, addr)).await?
+    for attempt in 1..=3 {
+        let (f, t) = (from.clone(), to.clone());
+        if tokio::task::spawn_blocking(move || netns::tcp_round_trip(&f, &t, addr)).await?? {
+            return Ok(true);
+        }
+        eprintln!("walk: TCP {from} -> {addr} attempt {attempt} failed");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Ok(false)
 }
 
 async fn pair(pods: &[Pod], same_node: bool) -> anyhow::Result<String> {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the suite's tests and walk drive for real:
-# loop devices and filesystems (util-linux, e2fsprogs, xfsprogs), network
-# namespaces (iproute2), and the protobuf toolchain is pure Rust (protox), so
+# loop devices and filesystems (util-linux, mount, e2fsprogs, xfsprogs), network
+# namespaces, routes and masquerade (iproute2, procps, nftables), etcd for the
+# real control-plane tests, and the protobuf toolchain is pure Rust (protox), so
 # no protoc is needed. Idempotent; does nothing when everything is present.
 set -euo pipefail
 
@@ -14,6 +15,12 @@ declare -A need=(
   [mkfs.xfs]=xfsprogs
   [xfs_growfs]=xfsprogs
   [ip]=iproute2
+  [nft]=nftables
+  [sysctl]=procps
+  [findmnt]=util-linux
+  [blockdev]=util-linux
+  [mount]=mount
+  [e2fsck]=e2fsprogs
   [etcd]=etcd-server  # the real control plane tests (kube-apiserver: docs/TESTING.md)
 )
 

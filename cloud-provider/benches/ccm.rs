@@ -327,7 +327,11 @@ async fn run(
         }))?;
         nodes.create(&PostParams::default(), &n).await?;
         nodes
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(ready_status(&[("Hostname", &name)])))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(ready_status(&[("Hostname", &name)])),
+            )
             .await?;
     }
 
@@ -343,23 +347,29 @@ async fn run(
             &resync,
         ],
     )?;
-    until("3 nodes initialised", Duration::from_secs(120), Duration::from_millis(200), &mut ccm, || {
-        let nodes = nodes.clone();
-        async move {
-            let list = nodes.list(&ListParams::default()).await?;
-            let done = list
-                .items
-                .iter()
-                .filter(|n| {
-                    n.spec.as_ref().is_some_and(|s| {
-                        s.provider_id.is_some()
-                            && !s.taints.iter().flatten().any(|t| t.key == UNINIT)
+    until(
+        "3 nodes initialised",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        &mut ccm,
+        || {
+            let nodes = nodes.clone();
+            async move {
+                let list = nodes.list(&ListParams::default()).await?;
+                let done = list
+                    .items
+                    .iter()
+                    .filter(|n| {
+                        n.spec.as_ref().is_some_and(|s| {
+                            s.provider_id.is_some()
+                                && !s.taints.iter().flatten().any(|t| t.key == UNINIT)
+                        })
                     })
-                })
-                .count();
-            Ok((done == 3).then_some(()))
-        }
-    })
+                    .count();
+                Ok((done == 3).then_some(()))
+            }
+        },
+    )
     .await?;
     eprintln!("3 nodes initialised");
 
@@ -369,34 +379,68 @@ async fn run(
     for i in 0..args.sequential {
         let name = format!("seq-{i}");
         let start = Instant::now();
-        services.create(&PostParams::default(), &lb_service(&name)?).await?;
-        until(&format!("{name} address"), Duration::from_secs(120), Duration::from_millis(20), &mut ccm, || {
-            let services = services.clone();
-            let name = name.clone();
-            async move { Ok(services.get(&name).await.ok().as_ref().and_then(ingress_ip)) }
-        })
+        services
+            .create(&PostParams::default(), &lb_service(&name)?)
+            .await?;
+        until(
+            &format!("{name} address"),
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            &mut ccm,
+            || {
+                let services = services.clone();
+                let name = name.clone();
+                async move { Ok(services.get(&name).await.ok().as_ref().and_then(ingress_ip)) }
+            },
+        )
         .await?;
         lat.push(start.elapsed());
     }
     lat.sort();
     eprintln!("sequential: {lat:?}");
     rows.push(Row(
-        format!("Service created -> ingress address ({} Services one after another, 3 nodes)", args.sequential),
-        format!("p50 {} / p99 {}", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99))),
+        format!(
+            "Service created -> ingress address ({} Services one after another, 3 nodes)",
+            args.sequential
+        ),
+        format!(
+            "p50 {} / p99 {}",
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        ),
         format!("min {}, max {}", ms(lat[0]), ms(lat[lat.len() - 1])),
     ));
     // Delete them so the burst and the resync see exactly `burst` Services.
     let start = Instant::now();
     for i in 0..args.sequential {
-        services.delete(&format!("seq-{i}"), &DeleteParams::default()).await?;
+        services
+            .delete(&format!("seq-{i}"), &DeleteParams::default())
+            .await?;
     }
-    until("sequential Services deleted", Duration::from_secs(180), Duration::from_millis(100), &mut ccm, || {
-        let services = services.clone();
-        async move { Ok(services.list(&ListParams::default()).await?.items.iter().all(|s| !s.metadata.name.as_deref().unwrap_or("").starts_with("seq-")).then_some(())) }
-    })
+    until(
+        "sequential Services deleted",
+        Duration::from_secs(180),
+        Duration::from_millis(100),
+        &mut ccm,
+        || {
+            let services = services.clone();
+            async move {
+                Ok(services
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .all(|s| !s.metadata.name.as_deref().unwrap_or("").starts_with("seq-"))
+                    .then_some(()))
+            }
+        },
+    )
     .await?;
     rows.push(Row(
-        format!("{} Services deleted at once -> finalizers removed", args.sequential),
+        format!(
+            "{} Services deleted at once -> finalizers removed",
+            args.sequential
+        ),
         ms(start.elapsed()),
         String::new(),
     ));
@@ -420,14 +464,24 @@ async fn run(
         .await?;
     let created = start.elapsed();
     let burst = args.burst;
-    until("burst addressed", Duration::from_secs(900), Duration::from_millis(250), &mut ccm, || {
-        let services = services.clone();
-        async move {
-            let list = services.list(&ListParams::default()).await?;
-            let done = list.items.iter().filter(|s| ingress_ip(s).is_some()).count();
-            Ok((done >= burst).then_some(()))
-        }
-    })
+    until(
+        "burst addressed",
+        Duration::from_secs(900),
+        Duration::from_millis(250),
+        &mut ccm,
+        || {
+            let services = services.clone();
+            async move {
+                let list = services.list(&ListParams::default()).await?;
+                let done = list
+                    .items
+                    .iter()
+                    .filter(|s| ingress_ip(s).is_some())
+                    .count();
+                Ok((done >= burst).then_some(()))
+            }
+        },
+    )
     .await?;
     let all = start.elapsed();
     let c = calls(emu);
@@ -435,11 +489,21 @@ async fn run(
     rows.push(Row(
         format!("{burst} Services created at once -> all have an address"),
         format!("{:.1} s", all.as_secs_f64()),
-        format!("creates took {:.1} s ({CREATE_CONCURRENCY} concurrent requests); {:.1} Services/s", created.as_secs_f64(), burst as f64 / all.as_secs_f64()),
+        format!(
+            "creates took {:.1} s ({CREATE_CONCURRENCY} concurrent requests); {:.1} Services/s",
+            created.as_secs_f64(),
+            burst as f64 / all.as_secs_f64()
+        ),
     ));
     rows.push(Row(
         format!("IaaS calls for the {burst}-Service burst"),
-        format!("{} total, {:.1} per Service ({} writes, {:.1} per Service)", total(&c), total(&c) as f64 / burst as f64, writes(&c), writes(&c) as f64 / burst as f64),
+        format!(
+            "{} total, {:.1} per Service ({} writes, {:.1} per Service)",
+            total(&c),
+            total(&c) as f64 / burst as f64,
+            writes(&c),
+            writes(&c) as f64 / burst as f64
+        ),
         by_action(&c, burst as f64) + " (per Service)",
     ));
 
@@ -448,23 +512,41 @@ async fn run(
     // completion after it).
     tokio::time::sleep(Duration::from_secs(args.resync_secs + 2)).await;
     let resync_line = "service resync";
-    let done0 = until("a resync", Duration::from_secs(args.resync_secs * 3 + 60), Duration::from_millis(50), &mut ccm, || {
-        let n = ccm_count(&dir.join("ccm-services.log"), resync_line);
-        async move { Ok(Some(n)) }
-    })
+    let done0 = until(
+        "a resync",
+        Duration::from_secs(args.resync_secs * 3 + 60),
+        Duration::from_millis(50),
+        &mut ccm,
+        || {
+            let n = ccm_count(&dir.join("ccm-services.log"), resync_line);
+            async move { Ok(Some(n)) }
+        },
+    )
     .await?;
-    until("next resync", Duration::from_secs(args.resync_secs * 3 + 60), Duration::from_millis(20), &mut ccm, || {
-        let n = ccm_count(&dir.join("ccm-services.log"), resync_line);
-        async move { Ok((n > done0).then_some(n)) }
-    })
+    until(
+        "next resync",
+        Duration::from_secs(args.resync_secs * 3 + 60),
+        Duration::from_millis(20),
+        &mut ccm,
+        || {
+            let n = ccm_count(&dir.join("ccm-services.log"), resync_line);
+            async move { Ok((n > done0).then_some(n)) }
+        },
+    )
     .await?;
     emu.reset_stats();
     let base = ccm_count(&dir.join("ccm-services.log"), resync_line);
     let window = Instant::now();
-    until("two idle resyncs", Duration::from_secs(args.resync_secs * 3 + 120), Duration::from_millis(20), &mut ccm, || {
-        let n = ccm_count(&dir.join("ccm-services.log"), resync_line);
-        async move { Ok((n >= base + 2).then_some(())) }
-    })
+    until(
+        "two idle resyncs",
+        Duration::from_secs(args.resync_secs * 3 + 120),
+        Duration::from_millis(20),
+        &mut ccm,
+        || {
+            let n = ccm_count(&dir.join("ccm-services.log"), resync_line);
+            async move { Ok((n >= base + 2).then_some(())) }
+        },
+    )
     .await?;
     let window = window.elapsed();
     let c = calls(emu);
@@ -472,8 +554,15 @@ async fn run(
     let last = last.last().cloned().unwrap_or_default();
     eprintln!("idle resync: {c:?} over {window:?}; last {last}");
     rows.push(Row(
-        format!("IaaS calls per idle Service resync ({burst} Services, period {}s; 2 resyncs counted)", args.resync_secs),
-        format!("{:.1} calls, {:.1} writes", total(&c) as f64 / 2.0, writes(&c) as f64 / 2.0),
+        format!(
+            "IaaS calls per idle Service resync ({burst} Services, period {}s; 2 resyncs counted)",
+            args.resync_secs
+        ),
+        format!(
+            "{:.1} calls, {:.1} writes",
+            total(&c) as f64 / 2.0,
+            writes(&c) as f64 / 2.0
+        ),
         by_action(&c, 2.0) + &format!(" (ensured {}, failed {})", last["ensured"], last["failed"]),
     ));
 
@@ -550,7 +639,11 @@ async fn route_phase(
                     }))?;
                     nodes.create(&PostParams::default(), &n).await?;
                     nodes
-                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(ready_status(&[("InternalIP", &ip)])))
+                        .patch_status(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(ready_status(&[("InternalIP", &ip)])),
+                        )
                         .await?;
                     anyhow::Ok(())
                 }
@@ -567,7 +660,12 @@ async fn route_phase(
             cc,
             plane.kubeconfig_path(),
             log.clone(),
-            &["--controllers", "route", "--route-reconcile-period", &resync],
+            &[
+                "--controllers",
+                "route",
+                "--route-reconcile-period",
+                &resync,
+            ],
         )?;
         let added_sum = |ccm: &Ccm| -> u64 {
             ccm.log_events("routes updated")
@@ -594,9 +692,17 @@ async fn route_phase(
                 }
             }
             if start.elapsed() > Duration::from_secs(1800) {
-                bail!("routes for {want} nodes not done after 30 min; log tail:\n{}", tail(&log));
+                bail!(
+                    "routes for {want} nodes not done after 30 min; log tail:\n{}",
+                    tail(&log)
+                );
             }
-            tokio::time::sleep(Duration::from_millis(if routes_at.is_some() { 250 } else { 20 })).await;
+            tokio::time::sleep(Duration::from_millis(if routes_at.is_some() {
+                250
+            } else {
+                20
+            }))
+            .await;
         };
         let routes_at = routes_at.unwrap_or(conds_at);
         let c = calls(emu);
@@ -609,7 +715,10 @@ async fn route_phase(
             .await?;
         let ours = statics
             .iter()
-            .filter(|s| s.router_static_name.starts_with(&cloud_provider::routes::route_prefix(CLUSTER_ID)))
+            .filter(|s| {
+                s.router_static_name
+                    .starts_with(&cloud_provider::routes::route_prefix(CLUSTER_ID))
+            })
             .count();
         if ours != want {
             bail!("expected {want} routes in the emulator, found {ours}");
@@ -624,14 +733,26 @@ async fn route_phase(
         // Idle route syncs: count the calls of two periods.
         tokio::time::sleep(Duration::from_secs(2)).await;
         emu.reset_stats();
-        tokio::time::sleep(Duration::from_secs(args.resync_secs * 2) + Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(args.resync_secs * 2) + Duration::from_millis(500))
+            .await;
         ccm.check_alive()?;
         let c = calls(emu);
         let (rss, _) = rss_kib(ccm.pid())?;
         rows.push(Row(
-            format!("IaaS calls per idle route sync ({want} nodes, period {}s; 2 periods counted)", args.resync_secs),
-            format!("{:.1} calls, {:.1} writes", total(&c) as f64 / 2.0, writes(&c) as f64 / 2.0),
-            format!("{}; idle RSS {:.1} MiB", by_action(&c, 2.0), rss as f64 / 1024.0),
+            format!(
+                "IaaS calls per idle route sync ({want} nodes, period {}s; 2 periods counted)",
+                args.resync_secs
+            ),
+            format!(
+                "{:.1} calls, {:.1} writes",
+                total(&c) as f64 / 2.0,
+                writes(&c) as f64 / 2.0
+            ),
+            format!(
+                "{}; idle RSS {:.1} MiB",
+                by_action(&c, 2.0),
+                rss as f64 / 1024.0
+            ),
         ));
         drop(ccm);
         have = want;
@@ -647,7 +768,9 @@ fn print_table(args: &Args, rows: &[Row]) {
         .and_then(|l| l.split(':').nth(1))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown CPU".into());
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -674,7 +797,10 @@ fn print_table(args: &Args, rows: &[Row]) {
     println!();
     println!(
         "Run of {date}, {nproc} cores ({cpu}), load average at the end {}; real kube-apiserver + etcd on loopback, emulator in process (job delay 10 ms, no-op data plane), the release binary as a child process with `--leader-elect false`.",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!();
     println!("| measurement | result | detail |");

@@ -21,12 +21,17 @@ fuzz_target!(|data: &[u8]| {
         _ => None,
     });
     if let Ok(env) = env {
-        // Accepted values never traverse out of their directory.
-        assert!(!env.container_id.contains('/') && !env.container_id.contains(".."));
+        // Accepted values never traverse out of their directory: no `/`,
+        // and never `.` or `..` themselves (`a..b` is a valid, harmless id).
+        assert!(!env.container_id.contains('/'));
+        assert!(env.container_id != "." && env.container_id != "..");
         assert!(!env.ifname.contains('/') && env.ifname.len() < 16);
         if let Some(ns) = &env.netns {
             assert!(ns.is_absolute());
-            assert!(!ns.components().any(|c| c == std::path::Component::ParentDir));
+            assert!(
+                !ns.components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            );
         }
     }
 });

@@ -63,7 +63,10 @@ impl Shared {
     }
 
     /// Drops uncommitted changes by reloading the committed state.
-    pub async fn adopt(&self, host: &crate::config::AdoptedHost) -> ApiResult<iaas_client::model::Instance> {
+    pub async fn adopt(
+        &self,
+        host: &crate::config::AdoptedHost,
+    ) -> ApiResult<iaas_client::model::Instance> {
         let mut st = self.state.lock().await;
         match st.adopt(host, &self.meta.zone) {
             Ok(inst) => {
@@ -164,9 +167,9 @@ impl Emulator {
         let first_start = state.seed(&config)?;
         for host in &config.adopted_instances {
             let zone = state.meta().zone;
-            state
-                .adopt(host, &zone)
-                .map_err(|e| EmuError::Config(format!("adopted_instances [{}]: {}", host.name, e.message)))?;
+            state.adopt(host, &zone).map_err(|e| {
+                EmuError::Config(format!("adopted_instances [{}]: {}", host.name, e.message))
+            })?;
         }
         let mut meta = state.meta();
         if meta.zone != config.zone {
@@ -307,8 +310,14 @@ impl Emulator {
 
     /// Presents an existing host as a running instance (idempotent by name;
     /// durable before it returns). Errors name the field.
-    pub async fn adopt(&self, host: &crate::config::AdoptedHost) -> Result<iaas_client::model::Instance, EmuError> {
-        self.shared.adopt(host).await.map_err(|e| EmuError::Config(e.message))
+    pub async fn adopt(
+        &self,
+        host: &crate::config::AdoptedHost,
+    ) -> Result<iaas_client::model::Instance, EmuError> {
+        self.shared
+            .adopt(host)
+            .await
+            .map_err(|e| EmuError::Config(e.message))
     }
 
     /// Removes every fault (stuck jobs resume).

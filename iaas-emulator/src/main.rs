@@ -169,9 +169,10 @@ async fn serve(data_dir: PathBuf, opts: ServeOpts) -> Result<(), String> {
     }
     let emu = Emulator::start(cfg).await.map_err(|e| e.to_string())?;
     if emu.first_start() {
-        // Printed once: the file keeps them for later.
+        // The secret itself stays in the 0600 credentials file: stdout ends
+        // up in container logs, which must never carry it.
         println!("access_key_id: {}", emu.access_key_id());
-        println!("secret_access_key: {}", emu.secret_access_key());
+        println!("secret_access_key: (in the credentials file)");
     }
     println!("zone: {}", emu.zone());
     println!("endpoint: {}", emu.endpoint());

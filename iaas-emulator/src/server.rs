@@ -215,7 +215,12 @@ pub struct Verifier<'a> {
 /// Verifies key, signature, freshness and zone of a request (QingCloud
 /// signature v1) received with HTTP `method` at `now`. Pure, so that it can be
 /// fuzzed: every input yields Ok or an ApiError, never a panic.
-pub fn verify_request(v: &Verifier<'_>, method: &str, p: &Params, now: time::OffsetDateTime) -> ApiResult<()> {
+pub fn verify_request(
+    v: &Verifier<'_>,
+    method: &str,
+    p: &Params,
+    now: time::OffsetDateTime,
+) -> ApiResult<()> {
     let key = p.required("access_key_id")?;
     if key != v.access_key_id {
         return Err(ApiError::new(
@@ -246,13 +251,7 @@ pub fn verify_request(v: &Verifier<'_>, method: &str, p: &Params, now: time::Off
     }
     let received = p.required("signature")?;
     let pairs: Vec<(&str, &str)> = p.pairs().filter(|(k, _)| *k != "signature").collect();
-    let expected = sign_v1(
-        v.secret_access_key,
-        sig_method,
-        method,
-        QC_URI,
-        &pairs,
-    );
+    let expected = sign_v1(v.secret_access_key, sig_method, method, QC_URI, &pairs);
     if !signatures_equal(&expected, received) {
         return Err(ApiError::new(
             codes::AUTH_FAILED,
@@ -277,10 +276,7 @@ pub fn verify_request(v: &Verifier<'_>, method: &str, p: &Params, now: time::Off
     if zone != v.zone {
         return Err(ApiError::invalid(
             "zone",
-            format!(
-                "unknown zone [{zone}] (this endpoint serves {})",
-                v.zone
-            ),
+            format!("unknown zone [{zone}] (this endpoint serves {})", v.zone),
         ));
     }
     Ok(())
@@ -329,7 +325,10 @@ async fn faults_delete(AxState(shared): AxState<Arc<Shared>>) -> Response {
 
 /// `POST /admin/instances` with an [`AdoptedHost`](crate::config::AdoptedHost)
 /// JSON body: presents an existing host (a real node) as an instance.
-async fn instances_adopt(AxState(shared): AxState<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn instances_adopt(
+    AxState(shared): AxState<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> Response {
     if !shared.config.admin_enabled {
         return admin_off();
     }
@@ -339,7 +338,11 @@ async fn instances_adopt(AxState(shared): AxState<Arc<Shared>>, body: axum::body
     };
     match shared.adopt(&host).await {
         Ok(inst) => axum::Json(inst).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("adopted host: {}", e.message)).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("adopted host: {}", e.message),
+        )
+            .into_response(),
     }
 }
 

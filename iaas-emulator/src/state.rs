@@ -291,11 +291,12 @@ impl State {
         if name.is_empty() || name.len() > 253 {
             return Err(ApiError::invalid("name", "must be 1-253 characters"));
         }
-        let ip: Ipv4Addr = host
-            .private_ip
-            .trim()
-            .parse()
-            .map_err(|_| ApiError::invalid("private_ip", format!("{:?} is not an IPv4 address", host.private_ip)))?;
+        let ip: Ipv4Addr = host.private_ip.trim().parse().map_err(|_| {
+            ApiError::invalid(
+                "private_ip",
+                format!("{:?} is not an IPv4 address", host.private_ip),
+            )
+        })?;
         let vxnet = self
             .vxnets
             .ordered()
@@ -313,7 +314,10 @@ impl State {
             private_ip: ip.to_string(),
             nic_id: nic_id(),
         };
-        let instance_type = host.instance_type.clone().unwrap_or_else(|| "host".to_string());
+        let instance_type = host
+            .instance_type
+            .clone()
+            .unwrap_or_else(|| "host".to_string());
         let existing = self
             .instances
             .values()
@@ -329,7 +333,10 @@ impl State {
             status: "running".to_string(),
             vxnets: vec![nic],
             zone_id: zone.to_string(),
-            create_time: previous.as_ref().map(|p| p.create_time.clone()).unwrap_or_else(now_rfc3339),
+            create_time: previous
+                .as_ref()
+                .map(|p| p.create_time.clone())
+                .unwrap_or_else(now_rfc3339),
             adopted: true,
             ..previous.unwrap_or_default()
         };

@@ -43,7 +43,11 @@ async fn main() {
         loop {
             if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
                 drop(s);
-                if http_get(addr, &format!("first{i}.example.com"), "/").await.0 == 200 {
+                if http_get(addr, &format!("first{i}.example.com"), "/")
+                    .await
+                    .0
+                    == 200
+                {
                     break;
                 }
             }
@@ -52,7 +56,10 @@ async fn main() {
         firsts.push(t0.elapsed());
     }
     firsts.sort();
-    println!("creation_to_first_routed_request_median_ms {:.1}", firsts[2].as_secs_f64() * 1e3);
+    println!(
+        "creation_to_first_routed_request_median_ms {:.1}",
+        firsts[2].as_secs_f64() * 1e3
+    );
 
     // 2. 100 Ingresses reconciled (each its own LB).
     let many: Vec<_> = (0..100).map(|i| web(&format!("many{i}"))).collect();
@@ -61,10 +68,18 @@ async fn main() {
     }
     let ctx = env.ctx(&w);
     let t0 = Instant::now();
-    let results = futures::future::join_all(many.iter().map(|i| reconcile(Arc::new(i.clone()), ctx.clone()))).await;
+    let results = futures::future::join_all(
+        many.iter()
+            .map(|i| reconcile(Arc::new(i.clone()), ctx.clone())),
+    )
+    .await;
     assert!(results.iter().all(|r| r.is_ok()));
     let took = t0.elapsed();
-    println!("reconcile_100_ingresses_s {:.2} ({:.1} ms each)", took.as_secs_f64(), took.as_secs_f64() * 10.0);
+    println!(
+        "reconcile_100_ingresses_s {:.2} ({:.1} ms each)",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 10.0
+    );
 
     // 3. IaaS calls per idle resync of one Ingress.
     env.emu.reset_stats();

@@ -59,7 +59,10 @@ async fn host_path_matrix_tls_rotation_and_cleanup() {
     let seen = env.take_seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!((seen[0].method.as_str(), seen[0].cloud_calls), ("PATCH", 0));
-    assert_eq!(seen[0].body["metadata"]["finalizers"], json!([ann::FINALIZER]));
+    assert_eq!(
+        seen[0].body["metadata"]["finalizers"],
+        json!([ann::FINALIZER])
+    );
     assert_eq!(env.total_calls(), 0);
 
     let ing = finalized(&ing, "ingress");
@@ -72,10 +75,10 @@ async fn host_path_matrix_tls_rotation_and_cleanup() {
 
     // (host, path, expected backend): Kubernetes pathType semantics.
     let matrix = [
-        ("a.example.com", "/foo", "exact"),     // Exact beats Prefix of the same path
-        ("a.example.com", "/foo/", "prefix"),   // Exact /foo does not match /foo/
+        ("a.example.com", "/foo", "exact"), // Exact beats Prefix of the same path
+        ("a.example.com", "/foo/", "prefix"), // Exact /foo does not match /foo/
         ("a.example.com", "/foo/bar", "prefix"), // Prefix is element-wise
-        ("a.example.com", "/foobar", "root"),   // ... so /foo does not match /foobar
+        ("a.example.com", "/foobar", "root"), // ... so /foo does not match /foobar
         ("a.example.com", "/str", "string"),
         ("a.example.com", "/strange", "string"), // ImplementationSpecific: string prefix
         ("a.example.com", "/", "root"),
@@ -95,7 +98,13 @@ async fn host_path_matrix_tls_rotation_and_cleanup() {
         assert_eq!(field(&body, "xff"), "127.0.0.1", "X-Forwarded-For");
         let (status, body) = https_get(https, host, p, &ca.der)
             .await
-            .unwrap_or_else(|e| if host == "other.test" || host == "x.b.example.com" { (0, e) } else { panic!("{host}: {e}") });
+            .unwrap_or_else(|e| {
+                if host == "other.test" || host == "x.b.example.com" {
+                    (0, e)
+                } else {
+                    panic!("{host}: {e}")
+                }
+            });
         if status != 0 {
             assert_eq!(field(&body, "name"), want, "https {host}{p}");
         } else {
@@ -117,25 +126,43 @@ async fn host_path_matrix_tls_rotation_and_cleanup() {
     run(&env, &w, &ing).await;
     let after = env.certificates().await;
     assert_eq!(after.len(), 2, "old certificate deleted: {after:?}");
-    assert_eq!(after.iter().filter(|c| before.contains(c)).count(), 1, "only tls-a rotated");
+    assert_eq!(
+        after.iter().filter(|c| before.contains(c)).count(),
+        1,
+        "only tls-a rotated"
+    );
     eventually("rotated certificate served", || async {
         // The new leaf also names rotated.example.org: only it verifies for that name.
-        https_get(https, "rotated.example.org", "/", &ca.der).await.is_ok()
+        https_get(https, "rotated.example.org", "/", &ca.der)
+            .await
+            .is_ok()
     })
     .await;
 
     // Deletion: the Secret and a Service are already gone; nothing is left.
     w.secrets.clear();
-    w.services.retain(|s| s.metadata.name.as_deref() != Some("exact"));
+    w.services
+        .retain(|s| s.metadata.name.as_deref() != Some("exact"));
     let gone = deleting(&ing);
     w.put(&gone);
     run(&env, &w, &gone).await;
     let seen = env.take_seen();
-    let last = seen.iter().filter(|s| s.method == "PATCH").next_back().unwrap();
-    assert_eq!(last.body["metadata"]["finalizers"], serde_json::Value::Null, "finalizer removed last");
-    assert_eq!(last.cloud_calls, env.total_calls(), "after every cloud call");
+    let last = seen.iter().rfind(|s| s.method == "PATCH").unwrap();
+    assert_eq!(
+        last.body["metadata"]["finalizers"],
+        serde_json::Value::Null,
+        "finalizer removed last"
+    );
+    assert_eq!(
+        last.cloud_calls,
+        env.total_calls(),
+        "after every cloud call"
+    );
     env.assert_clean().await;
-    assert!(tokio::net::TcpStream::connect(http).await.is_err(), "proxy stopped");
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "proxy stopped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +198,11 @@ async fn two_ingresses_share_one_lb_with_precedence() {
     run(&env, &w, &ib).await;
     let seen = env.take_seen();
     let ip_a = status_ip(&seen, "a").expect("a's status");
-    assert_eq!(status_ip(&seen, "b"), Some(ip_a.clone()), "one address for both");
+    assert_eq!(
+        status_ip(&seen, "b"),
+        Some(ip_a.clone()),
+        "one address for both"
+    );
     assert_eq!(env.lb_count().await, 1);
     // The conflict is an Event on the younger Ingress.
     let conflict = seen
@@ -192,13 +223,17 @@ async fn two_ingresses_share_one_lb_with_precedence() {
     let gone = deleting(&ib);
     w.put(&gone);
     run(&env, &w, &gone).await;
-    w.ingresses.retain(|i| i.metadata.name.as_deref() != Some("b"));
+    w.ingresses
+        .retain(|i| i.metadata.name.as_deref() != Some("b"));
     assert_eq!(env.lb_count().await, 1);
     eventually("b's rules removed", || async {
         http_get(http, "shop.example.com", "/b").await.0 == 503
     })
     .await;
-    assert_eq!(field(&http_get(http, "shop.example.com", "/a").await.1, "name"), "team-a");
+    assert_eq!(
+        field(&http_get(http, "shop.example.com", "/a").await.1, "name"),
+        "team-a"
+    );
     // a leaves last: the LB goes.
     let gone = deleting(&ia);
     w.put(&gone);

@@ -17,22 +17,45 @@ fn docs(file: &str) -> Vec<serde_yaml::Value> {
 }
 
 fn of_kind(file: &str, kind: &str) -> Vec<serde_yaml::Value> {
-    docs(file).into_iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+    docs(file)
+        .into_iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect()
 }
 
 #[test]
 fn manifest_parses_and_rbac_is_least_privilege() {
-    let dep: Deployment = serde_yaml::from_value(of_kind("deployment.yaml", "Deployment").remove(0)).unwrap();
+    let dep: Deployment =
+        serde_yaml::from_value(of_kind("deployment.yaml", "Deployment").remove(0)).unwrap();
     let spec = dep.spec.unwrap();
     assert_eq!(spec.replicas, Some(2));
     let c = &spec.template.spec.as_ref().unwrap().containers[0];
-    assert!(c.args.as_ref().unwrap().iter().any(|a| a == "--leader-elect=true"));
-    assert_eq!(spec.template.spec.as_ref().unwrap().service_account_name.as_deref(), Some("cloudsuite-ingress-controller"));
+    assert!(
+        c.args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--leader-elect=true")
+    );
+    assert_eq!(
+        spec.template
+            .spec
+            .as_ref()
+            .unwrap()
+            .service_account_name
+            .as_deref(),
+        Some("cloudsuite-ingress-controller")
+    );
 
-    let class: IngressClass = serde_yaml::from_value(of_kind("ingressclass.yaml", "IngressClass").remove(0)).unwrap();
-    assert_eq!(class.spec.unwrap().controller.as_deref(), Some(lb_controller::ingress::CONTROLLER_NAME));
+    let class: IngressClass =
+        serde_yaml::from_value(of_kind("ingressclass.yaml", "IngressClass").remove(0)).unwrap();
+    assert_eq!(
+        class.spec.unwrap().controller.as_deref(),
+        Some(lb_controller::ingress::CONTROLLER_NAME)
+    );
 
-    let role: ClusterRole = serde_yaml::from_value(of_kind("rbac.yaml", "ClusterRole").remove(0)).unwrap();
+    let role: ClusterRole =
+        serde_yaml::from_value(of_kind("rbac.yaml", "ClusterRole").remove(0)).unwrap();
     let mut granted = BTreeSet::new();
     for r in role.rules.unwrap() {
         for g in r.api_groups.unwrap() {

@@ -45,13 +45,28 @@ async fn finalizer_then_ensure_then_status_then_delete() {
         .collect();
     // 1. finalizer (and applied-LB record) with no cloud call yet.
     assert_eq!(kinds[0].0, "PATCH");
-    assert_eq!(kinds[0].1, "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web");
+    assert_eq!(
+        kinds[0].1,
+        "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web"
+    );
     assert_eq!(kinds[0].2, 0);
-    assert_eq!(seen[0].body["metadata"]["resourceVersion"], "1", "guarded by resourceVersion");
-    assert_eq!(seen[0].body["metadata"]["annotations"][ann::APPLIED_LB], "ingress");
+    assert_eq!(
+        seen[0].body["metadata"]["resourceVersion"], "1",
+        "guarded by resourceVersion"
+    );
+    assert_eq!(
+        seen[0].body["metadata"]["annotations"][ann::APPLIED_LB],
+        "ingress"
+    );
     // 2. the LB is ensured, then the Event and the status follow.
-    let ensured = kinds.iter().position(|k| k.1 == "EnsuredLoadBalancer").expect("event");
-    let status = kinds.iter().position(|k| k.1.ends_with("/web/status")).expect("status");
+    let ensured = kinds
+        .iter()
+        .position(|k| k.1 == "EnsuredLoadBalancer")
+        .expect("event");
+    let status = kinds
+        .iter()
+        .position(|k| k.1.ends_with("/web/status"))
+        .expect("status");
     assert!(kinds[ensured].2 > 0 && kinds[status].2 == kinds[ensured].2);
     assert_eq!(seen.len(), 3, "{kinds:?}");
     let ip = status_ip(&seen, "web").unwrap();
@@ -66,10 +81,16 @@ async fn finalizer_then_ensure_then_status_then_delete() {
     let last = seen.last().unwrap();
     assert_eq!(last.method, "PATCH");
     assert_eq!(last.body["metadata"]["finalizers"], Value::Null);
-    assert_eq!(last.body["metadata"]["annotations"][ann::APPLIED_LB], Value::Null);
+    assert_eq!(
+        last.body["metadata"]["annotations"][ann::APPLIED_LB],
+        Value::Null
+    );
     assert!(last.cloud_calls > calls_before);
     assert_eq!(last.cloud_calls, env.total_calls());
-    assert!(seen.iter().any(|s| s.body["reason"] == "DeletedLoadBalancer"));
+    assert!(
+        seen.iter()
+            .any(|s| s.body["reason"] == "DeletedLoadBalancer")
+    );
     env.assert_clean().await;
 }
 
@@ -95,10 +116,9 @@ async fn deletion_with_secret_and_service_gone_cleans_up() {
     let (crt, key) = ca.leaf(&["a.example.com"]);
     w.set_secret("tls", &crt, &key);
     let mut ing = simple("web");
-    ing.spec.as_mut().unwrap().tls = Some(vec![serde_json::from_value(
-        json!({"hosts": ["a.example.com"], "secretName": "tls"}),
-    )
-    .unwrap()]);
+    ing.spec.as_mut().unwrap().tls = Some(vec![
+        serde_json::from_value(json!({"hosts": ["a.example.com"], "secretName": "tls"})).unwrap(),
+    ]);
     let ing = finalized(&ing, "ingress");
     w.put(&ing);
     reconcile(Arc::new(ing.clone()), env.ctx(&w)).await.unwrap();
@@ -110,7 +130,10 @@ async fn deletion_with_secret_and_service_gone_cleans_up() {
     w.put(&gone);
     reconcile(Arc::new(gone), env.ctx(&w)).await.unwrap();
     let seen = env.take_seen();
-    assert_eq!(seen.last().unwrap().body["metadata"]["finalizers"], Value::Null);
+    assert_eq!(
+        seen.last().unwrap().body["metadata"]["finalizers"],
+        Value::Null
+    );
     env.assert_clean().await;
 }
 
@@ -125,14 +148,19 @@ async fn class_change_cleans_up_clears_status_and_releases() {
     let ip = status_ip(&env.take_seen(), "web").unwrap();
     let mut moved = ing.clone();
     moved.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
-    moved.status = Some(
-        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": ip}]}})).unwrap(),
-    );
+    moved.status =
+        Some(serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": ip}]}})).unwrap());
     w.put(&moved);
     reconcile(Arc::new(moved), env.ctx(&w)).await.unwrap();
     let seen = env.take_seen();
-    let status = seen.iter().find(|s| s.path.ends_with("/status")).expect("status cleared");
-    assert_eq!(status.body["status"]["loadBalancer"]["ingress"], Value::Null);
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .expect("status cleared");
+    assert_eq!(
+        status.body["status"]["loadBalancer"]["ingress"],
+        Value::Null
+    );
     let last = seen.last().unwrap();
     assert_eq!(last.body["metadata"]["finalizers"], Value::Null);
     env.assert_clean().await;
@@ -157,7 +185,12 @@ async fn invalid_annotation_is_an_event_and_touches_nothing() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body["reason"], "InvalidIngress");
     assert_eq!(seen[0].body["type"], "Warning");
-    assert!(seen[0].body["note"].as_str().unwrap().contains(ann::SOURCE_RANGES));
+    assert!(
+        seen[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains(ann::SOURCE_RANGES)
+    );
     assert_eq!(env.total_calls(), 0);
 }
 
@@ -183,13 +216,18 @@ async fn moving_into_a_group_removes_the_old_lb() {
         "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web".into(),
         serde_json::to_value(&grouped).unwrap(),
     );
-    reconcile(Arc::new(grouped.clone()), env.ctx(&w)).await.unwrap();
+    reconcile(Arc::new(grouped.clone()), env.ctx(&w))
+        .await
+        .unwrap();
     let seen = env.take_seen();
     let second = status_ip(&seen, "web").unwrap();
     assert_ne!(first, second, "a new LB for the group");
     assert_eq!(env.lb_count().await, 1, "the Ingress's own LB was deleted");
     let last = seen.last().unwrap();
-    assert_eq!(last.body["metadata"]["annotations"][ann::APPLIED_LB], "group:shared");
+    assert_eq!(
+        last.body["metadata"]["annotations"][ann::APPLIED_LB],
+        "group:shared"
+    );
     let mut done = finalized(&grouped, "group:shared");
     done = deleting(&done);
     w.put(&done);

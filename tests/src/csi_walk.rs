@@ -66,10 +66,12 @@ struct Clients {
 
 fn mount_capability(fs: &str) -> csi::VolumeCapability {
     csi::VolumeCapability {
-        access_type: Some(csi::volume_capability::AccessType::Mount(csi::volume_capability::MountVolume {
-            fs_type: fs.to_string(),
-            ..Default::default()
-        })),
+        access_type: Some(csi::volume_capability::AccessType::Mount(
+            csi::volume_capability::MountVolume {
+                fs_type: fs.to_string(),
+                ..Default::default()
+            },
+        )),
         access_mode: Some(csi::volume_capability::AccessMode {
             mode: csi::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
         }),
@@ -85,21 +87,67 @@ impl CsiWalk {
         let (driver, mut c) = match started {
             Ok(v) => v,
             Err(e) => {
-                walk.step("start csi-driver (controller + node) on a unix socket", async { Err::<String, _>(e) }).await;
+                walk.step(
+                    "start csi-driver (controller + node) on a unix socket",
+                    async { Err::<String, _>(e) },
+                )
+                .await;
                 return false;
             }
         };
-        walk.step("start csi-driver (controller + node) on a unix socket", identity(&mut c)).await;
-        let ok = walk.step("CreateVolume 10 GiB xfs (provision)", self.create(&mut c, &mut st)).await
-            && walk.step("ControllerPublish (attach to the node's instance)", self.publish(&mut c, &mut st, 0)).await
-            && walk.step("NodeStage (find device, format, mount) + NodePublish", self.stage(&mut c, &mut st, 0, "pvc")).await
-            && walk.step("write 8 MiB through the mount", write(&mut st)).await
-            && walk.step("expand online to 20 GiB (controller + node)", self.expand(&mut c, &st)).await
-            && walk.step("CreateSnapshot, ready to use", self.snapshot(&mut c, &mut st)).await
-            && walk.step("restore the snapshot into a new volume, attach, mount", self.restore(&mut c, &mut st)).await
-            && walk.step("restored data equals the source", verify(&st)).await;
+        walk.step(
+            "start csi-driver (controller + node) on a unix socket",
+            identity(&mut c),
+        )
+        .await;
+        let ok = walk
+            .step(
+                "CreateVolume 10 GiB xfs (provision)",
+                self.create(&mut c, &mut st),
+            )
+            .await
+            && walk
+                .step(
+                    "ControllerPublish (attach to the node's instance)",
+                    self.publish(&mut c, &mut st, 0),
+                )
+                .await
+            && walk
+                .step(
+                    "NodeStage (find device, format, mount) + NodePublish",
+                    self.stage(&mut c, &mut st, 0, "pvc"),
+                )
+                .await
+            && walk
+                .step("write 8 MiB through the mount", write(&mut st))
+                .await
+            && walk
+                .step(
+                    "expand online to 20 GiB (controller + node)",
+                    self.expand(&mut c, &st),
+                )
+                .await
+            && walk
+                .step(
+                    "CreateSnapshot, ready to use",
+                    self.snapshot(&mut c, &mut st),
+                )
+                .await
+            && walk
+                .step(
+                    "restore the snapshot into a new volume, attach, mount",
+                    self.restore(&mut c, &mut st),
+                )
+                .await
+            && walk
+                .step("restored data equals the source", verify(&st))
+                .await;
         let _ = ok;
-        walk.step("tear down: unpublish, unstage, detach, delete volumes and snapshot", self.teardown(&mut c, &mut st)).await;
+        walk.step(
+            "tear down: unpublish, unstage, detach, delete volumes and snapshot",
+            self.teardown(&mut c, &mut st),
+        )
+        .await;
         drop(driver);
         walk.all_passed()
     }
@@ -128,7 +176,11 @@ impl CsiWalk {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        ensure!(sock.exists(), "driver socket {} never appeared", sock.display());
+        ensure!(
+            sock.exists(),
+            "driver socket {} never appeared",
+            sock.display()
+        );
         let channel = connect(sock).await?;
         Ok((
             driver,
@@ -143,20 +195,49 @@ impl CsiWalk {
     async fn create(&self, c: &mut Clients, st: &mut State) -> anyhow::Result<String> {
         let req = csi::CreateVolumeRequest {
             name: format!("walk-pvc-{}", std::process::id()),
-            capacity_range: Some(csi::CapacityRange { required_bytes: 10 * GIB, limit_bytes: 0 }),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 10 * GIB,
+                limit_bytes: 0,
+            }),
             volume_capabilities: vec![mount_capability("xfs")],
             parameters: HashMap::from([("type".to_string(), "0".to_string())]),
             ..Default::default()
         };
-        let vol = c.controller.create_volume(req.clone()).await?.into_inner().volume.context("no volume")?;
+        let vol = c
+            .controller
+            .create_volume(req.clone())
+            .await?
+            .into_inner()
+            .volume
+            .context("no volume")?;
         st.volumes.push(vol.volume_id.clone());
         // Idempotent by name: the same request returns the same volume.
-        let again = c.controller.create_volume(req).await?.into_inner().volume.context("no volume")?;
-        ensure!(again.volume_id == vol.volume_id, "CreateVolume is not idempotent: {} vs {}", again.volume_id, vol.volume_id);
-        Ok(format!("{} ({} GiB), idempotent by name", vol.volume_id, vol.capacity_bytes / GIB))
+        let again = c
+            .controller
+            .create_volume(req)
+            .await?
+            .into_inner()
+            .volume
+            .context("no volume")?;
+        ensure!(
+            again.volume_id == vol.volume_id,
+            "CreateVolume is not idempotent: {} vs {}",
+            again.volume_id,
+            vol.volume_id
+        );
+        Ok(format!(
+            "{} ({} GiB), idempotent by name",
+            vol.volume_id,
+            vol.capacity_bytes / GIB
+        ))
     }
 
-    async fn publish(&self, c: &mut Clients, st: &mut State, index: usize) -> anyhow::Result<String> {
+    async fn publish(
+        &self,
+        c: &mut Clients,
+        st: &mut State,
+        index: usize,
+    ) -> anyhow::Result<String> {
         let volume_id = st.volumes[index].clone();
         let resp = c
             .controller
@@ -169,10 +250,19 @@ impl CsiWalk {
             .await?
             .into_inner();
         st.attached.push((volume_id.clone(), self.node_id.clone()));
-        Ok(format!("{volume_id} on {}: {:?}", self.node_id, resp.publish_context))
+        Ok(format!(
+            "{volume_id} on {}: {:?}",
+            self.node_id, resp.publish_context
+        ))
     }
 
-    async fn stage(&self, c: &mut Clients, st: &mut State, index: usize, tag: &str) -> anyhow::Result<String> {
+    async fn stage(
+        &self,
+        c: &mut Clients,
+        st: &mut State,
+        index: usize,
+        tag: &str,
+    ) -> anyhow::Result<String> {
         let volume_id = st.volumes[index].clone();
         let staging = self.scratch.join(format!("staging-{tag}"));
         let target_parent = self.scratch.join(format!("pods-{tag}"));
@@ -196,10 +286,18 @@ impl CsiWalk {
                 ..Default::default()
             })
             .await?;
-        st.mounted.push((volume_id.clone(), staging, target.clone()));
+        st.mounted
+            .push((volume_id.clone(), staging, target.clone()));
         let fs = findmnt_fstype(&target)?;
-        ensure!(fs == "xfs", "{} is mounted as {fs:?}, expected xfs", target.display());
-        Ok(format!("{volume_id} formatted xfs, published at {}", target.display()))
+        ensure!(
+            fs == "xfs",
+            "{} is mounted as {fs:?}, expected xfs",
+            target.display()
+        );
+        Ok(format!(
+            "{volume_id} formatted xfs, published at {}",
+            target.display()
+        ))
     }
 
     async fn expand(&self, c: &mut Clients, st: &State) -> anyhow::Result<String> {
@@ -208,19 +306,28 @@ impl CsiWalk {
             .controller
             .controller_expand_volume(csi::ControllerExpandVolumeRequest {
                 volume_id: volume_id.clone(),
-                capacity_range: Some(csi::CapacityRange { required_bytes: 20 * GIB, limit_bytes: 0 }),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 20 * GIB,
+                    limit_bytes: 0,
+                }),
                 volume_capability: Some(mount_capability("xfs")),
                 ..Default::default()
             })
             .await?
             .into_inner();
-        ensure!(resp.node_expansion_required, "a filesystem volume needs node expansion");
+        ensure!(
+            resp.node_expansion_required,
+            "a filesystem volume needs node expansion"
+        );
         c.node
             .node_expand_volume(csi::NodeExpandVolumeRequest {
                 volume_id: volume_id.clone(),
                 volume_path: target.display().to_string(),
                 staging_target_path: staging.display().to_string(),
-                capacity_range: Some(csi::CapacityRange { required_bytes: 20 * GIB, limit_bytes: 0 }),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 20 * GIB,
+                    limit_bytes: 0,
+                }),
                 volume_capability: Some(mount_capability("xfs")),
                 ..Default::default()
             })
@@ -240,9 +347,18 @@ impl CsiWalk {
             .find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32)
             .map(|u| u.total)
             .unwrap_or(0);
-        ensure!(total > 19 * GIB, "filesystem is {total} bytes after expanding to 20 GiB");
-        ensure!(file_checksum(&target.join("data.bin"))? == st.checksum, "data changed while expanding");
-        Ok(format!("{volume_id}: filesystem {:.1} GiB, data intact", total as f64 / GIB as f64))
+        ensure!(
+            total > 19 * GIB,
+            "filesystem is {total} bytes after expanding to 20 GiB"
+        );
+        ensure!(
+            file_checksum(&target.join("data.bin"))? == st.checksum,
+            "data changed while expanding"
+        );
+        Ok(format!(
+            "{volume_id}: filesystem {:.1} GiB, data intact",
+            total as f64 / GIB as f64
+        ))
     }
 
     async fn snapshot(&self, c: &mut Clients, st: &mut State) -> anyhow::Result<String> {
@@ -271,13 +387,23 @@ impl CsiWalk {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let list = c
                 .controller
-                .list_snapshots(csi::ListSnapshotsRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
+                .list_snapshots(csi::ListSnapshotsRequest {
+                    snapshot_id: snap.snapshot_id.clone(),
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
-            ready = list.entries.iter().any(|e| e.snapshot.as_ref().is_some_and(|s| s.ready_to_use));
+            ready = list
+                .entries
+                .iter()
+                .any(|e| e.snapshot.as_ref().is_some_and(|s| s.ready_to_use));
         }
         ensure!(ready, "snapshot {} never became ready", snap.snapshot_id);
-        Ok(format!("{} of {source}, {} GiB", snap.snapshot_id, snap.size_bytes / GIB))
+        Ok(format!(
+            "{} of {source}, {} GiB",
+            snap.snapshot_id,
+            snap.size_bytes / GIB
+        ))
     }
 
     async fn restore(&self, c: &mut Clients, st: &mut State) -> anyhow::Result<String> {
@@ -286,12 +412,17 @@ impl CsiWalk {
             .controller
             .create_volume(csi::CreateVolumeRequest {
                 name: format!("walk-restored-{}", std::process::id()),
-                capacity_range: Some(csi::CapacityRange { required_bytes: 20 * GIB, limit_bytes: 0 }),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 20 * GIB,
+                    limit_bytes: 0,
+                }),
                 volume_capabilities: vec![mount_capability("xfs")],
                 volume_content_source: Some(csi::VolumeContentSource {
-                    r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource {
-                        snapshot_id: snapshot_id.clone(),
-                    })),
+                    r#type: Some(csi::volume_content_source::Type::Snapshot(
+                        csi::volume_content_source::SnapshotSource {
+                            snapshot_id: snapshot_id.clone(),
+                        },
+                    )),
                 }),
                 ..Default::default()
             })
@@ -311,14 +442,20 @@ impl CsiWalk {
         for (volume_id, staging, target) in st.mounted.drain(..) {
             if let Err(e) = c
                 .node
-                .node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: volume_id.clone(), target_path: target.display().to_string() })
+                .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    target_path: target.display().to_string(),
+                })
                 .await
             {
                 errors.push(format!("unpublish {volume_id}: {e}"));
             }
             if let Err(e) = c
                 .node
-                .node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: volume_id.clone(), staging_target_path: staging.display().to_string() })
+                .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    staging_target_path: staging.display().to_string(),
+                })
                 .await
             {
                 errors.push(format!("unstage {volume_id}: {e}"));
@@ -327,37 +464,70 @@ impl CsiWalk {
         for (volume_id, node_id) in st.attached.drain(..) {
             if let Err(e) = c
                 .controller
-                .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: volume_id.clone(), node_id, ..Default::default() })
+                .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    node_id,
+                    ..Default::default()
+                })
                 .await
             {
                 errors.push(format!("detach {volume_id}: {e}"));
             }
         }
         for snapshot_id in st.snapshots.drain(..) {
-            if let Err(e) = c.controller.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: snapshot_id.clone(), ..Default::default() }).await {
+            if let Err(e) = c
+                .controller
+                .delete_snapshot(csi::DeleteSnapshotRequest {
+                    snapshot_id: snapshot_id.clone(),
+                    ..Default::default()
+                })
+                .await
+            {
                 errors.push(format!("delete {snapshot_id}: {e}"));
             }
         }
         let n = st.volumes.len();
         for volume_id in st.volumes.drain(..) {
-            if let Err(e) = c.controller.delete_volume(csi::DeleteVolumeRequest { volume_id: volume_id.clone(), ..Default::default() }).await {
+            if let Err(e) = c
+                .controller
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    ..Default::default()
+                })
+                .await
+            {
                 errors.push(format!("delete {volume_id}: {e}"));
             }
         }
         ensure!(errors.is_empty(), "{}", errors.join("; "));
-        let leftover = Command::new("findmnt").arg("-rn").arg("-o").arg("TARGET").output()?;
+        let leftover = Command::new("findmnt")
+            .arg("-rn")
+            .arg("-o")
+            .arg("TARGET")
+            .output()?;
         let scratch = self.scratch.display().to_string();
-        let still: Vec<String> = String::from_utf8_lossy(&leftover.stdout).lines().filter(|l| l.starts_with(&scratch)).map(String::from).collect();
+        let still: Vec<String> = String::from_utf8_lossy(&leftover.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&scratch))
+            .map(String::from)
+            .collect();
         ensure!(still.is_empty(), "mounts left behind: {still:?}");
         Ok(format!("{n} volumes and 1 snapshot deleted, no mount left"))
     }
 }
 
 async fn identity(c: &mut Clients) -> anyhow::Result<String> {
-    let info = c.identity.get_plugin_info(csi::GetPluginInfoRequest {}).await?.into_inner();
+    let info = c
+        .identity
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await?
+        .into_inner();
     let probe = c.identity.probe(csi::ProbeRequest {}).await?.into_inner();
     ensure!(probe.ready != Some(false), "driver not ready");
-    Ok(format!("{} {}; Probe ready", info.name, info.vendor_version))
+    Ok(format!(
+        "{} {}; Probe ready",
+        info.name, info.vendor_version
+    ))
 }
 
 async fn write(st: &mut State) -> anyhow::Result<String> {
@@ -378,23 +548,40 @@ async fn write(st: &mut State) -> anyhow::Result<String> {
 }
 
 async fn verify(st: &State) -> anyhow::Result<String> {
-    let (_, _, target) = st.mounted.last().context("restored volume not mounted")?.clone();
+    let (_, _, target) = st
+        .mounted
+        .last()
+        .context("restored volume not mounted")?
+        .clone();
     let got = file_checksum(&target.join("data.bin"))?;
-    ensure!(got == st.checksum, "restored checksum {got:016x} != source {:016x}", st.checksum);
+    ensure!(
+        got == st.checksum,
+        "restored checksum {got:016x} != source {:016x}",
+        st.checksum
+    );
     Ok(format!("checksum {got:016x} matches"))
 }
 
 fn checksum(data: &[u8]) -> u64 {
     // FNV-1a: enough to detect any difference in a walk.
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn file_checksum(path: &Path) -> anyhow::Result<u64> {
-    Ok(checksum(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?))
+    Ok(checksum(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    ))
 }
 
 fn findmnt_fstype(target: &Path) -> anyhow::Result<String> {
-    let out = Command::new("findmnt").arg("-rn").arg("-o").arg("FSTYPE").arg(target).output()?;
+    let out = Command::new("findmnt")
+        .arg("-rn")
+        .arg("-o")
+        .arg("FSTYPE")
+        .arg(target)
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -403,7 +590,11 @@ async fn connect(path: PathBuf) -> anyhow::Result<Channel> {
     Ok(tonic::transport::Endpoint::try_from("http://localhost")?
         .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
         }))
         .await?)
 }

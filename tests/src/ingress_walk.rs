@@ -35,7 +35,8 @@ fn tls_material() -> anyhow::Result<Tls> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![HOST_A.to_string(), HOST_B.to_string()])?.signed_by(&key, &issuer)?;
+    let leaf = CertificateParams::new(vec![HOST_A.to_string(), HOST_B.to_string()])?
+        .signed_by(&key, &issuer)?;
     use base64::Engine as _;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let secret: Secret = serde_json::from_value(serde_json::json!({
@@ -43,7 +44,10 @@ fn tls_material() -> anyhow::Result<Tls> {
         "metadata": {"name": "walk-tls", "namespace": "walk"},
         "data": {"tls.crt": b64(&leaf.pem()), "tls.key": b64(&key.serialize_pem())}
     }))?;
-    Ok(Tls { ca_pem: ca_cert.pem(), secret })
+    Ok(Tls {
+        ca_pem: ca_cert.pem(),
+        secret,
+    })
 }
 
 fn objects(pods: &[PodView]) -> anyhow::Result<(Ingress, Vec<Service>, Vec<EndpointSlice>)> {
@@ -98,36 +102,77 @@ pub async fn run(walk: &mut Walk, client: &Client, pods: &[PodView], client_ns: 
     let mut servers = Vec::new();
     let mut address = None;
     let mut ca = String::new();
-    let ok = walk.step("HTTP servers in 2 pods (Services api and web)", async {
-        for (name, p) in [("api", &pods[0]), ("web", &pods[1])] {
-            servers.push(HttpServer::start(&p.ns, SocketAddr::from((p.ip, POD_PORT)), &format!("{name} pod {}", p.ip))?);
-        }
-        Ok(format!("api -> {}, web -> {}", pods[0].ip, pods[1].ip))
-    })
-    .await
-        && walk.step("Ingress -> controller translation -> lb-controller ensure", ensure(&reconciler, pods, &mut address, &mut ca)).await;
+    let ok = walk
+        .step("HTTP servers in 2 pods (Services api and web)", async {
+            for (name, p) in [("api", &pods[0]), ("web", &pods[1])] {
+                servers.push(HttpServer::start(
+                    &p.ns,
+                    SocketAddr::from((p.ip, POD_PORT)),
+                    &format!("{name} pod {}", p.ip),
+                )?);
+            }
+            Ok(format!("api -> {}, web -> {}", pods[0].ip, pods[1].ip))
+        })
+        .await
+        && walk
+            .step(
+                "Ingress -> controller translation -> lb-controller ensure",
+                ensure(&reconciler, pods, &mut address, &mut ca),
+            )
+            .await;
     if ok {
-        walk.step("HTTP routed by host and path (Prefix element-wise, Exact)", http_matrix(client_ns, address)).await;
-        walk.step("HTTPS with SNI, chain and name verified against the test CA", https(client_ns, address, &ca)).await;
+        walk.step(
+            "HTTP routed by host and path (Prefix element-wise, Exact)",
+            http_matrix(client_ns, address),
+        )
+        .await;
+        walk.step(
+            "HTTPS with SNI, chain and name verified against the test CA",
+            https(client_ns, address, &ca),
+        )
+        .await;
     }
-    walk.step("Ingress deleted: LB, listeners, certificate, policies gone", delete(&reconciler, client, pods)).await;
+    walk.step(
+        "Ingress deleted: LB, listeners, certificate, policies gone",
+        delete(&reconciler, client, pods),
+    )
+    .await;
     drop(servers);
     walk.all_passed()
 }
 
-async fn ensure(reconciler: &lb_controller::Reconciler, pods: &[PodView], address: &mut Option<Ipv4Addr>, ca: &mut String) -> anyhow::Result<String> {
+async fn ensure(
+    reconciler: &lb_controller::Reconciler,
+    pods: &[PodView],
+    address: &mut Option<Ipv4Addr>,
+    ca: &mut String,
+) -> anyhow::Result<String> {
     let tls = tls_material()?;
     *ca = tls.ca_pem.clone();
     let (ingress, services, slices) = objects(pods)?;
     let key = translate::lb_key(&ingress).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let secrets = [tls.secret];
-    let snap = Snapshot { services: &services, slices: &slices, nodes: &[], secrets: &secrets };
-    let t = translate::translate(&key, std::slice::from_ref(&ingress), &snap, &Settings::new("walk")).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let snap = Snapshot {
+        services: &services,
+        slices: &slices,
+        nodes: &[],
+        secrets: &secrets,
+    };
+    let t = translate::translate(
+        &key,
+        std::slice::from_ref(&ingress),
+        &snap,
+        &Settings::new("walk"),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     ensure!(t.notices.is_empty(), "translation notices: {:?}", t.notices);
     let status = reconciler.ensure(&t.desired).await?;
     let addr: Ipv4Addr = status.addresses.first().context("no address")?.parse()?;
     *address = Some(addr);
-    Ok(format!("{} on {addr}: http :80 and https :443", status.lb_id))
+    Ok(format!(
+        "{} on {addr}: http :80 and https :443",
+        status.lb_id
+    ))
 }
 
 async fn get(ns: &str, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<String> {
@@ -136,7 +181,14 @@ async fn get(ns: &str, addr: SocketAddr, host: &str, path: &str) -> anyhow::Resu
     for _ in 0..40 {
         let (n, h, p) = (ns.clone(), host.clone(), path.clone());
         match tokio::task::spawn_blocking(move || netns::http_get(&n, addr, &h, &p)).await? {
-            Ok(body) => return Ok(body.split(" xff=").next().unwrap_or_default().trim().to_string()),
+            Ok(body) => {
+                return Ok(body
+                    .split(" xff=")
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string());
+            }
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -157,9 +209,15 @@ async fn http_matrix(ns: &str, address: Option<Ipv4Addr>) -> anyhow::Result<Stri
     ];
     for (host, path, want) in cases {
         let body = get(ns, addr, host, path).await?;
-        ensure!(body.starts_with(want), "{host}{path} reached {body:?}, expected the {want} pod");
+        ensure!(
+            body.starts_with(want),
+            "{host}{path} reached {body:?}, expected the {want} pod"
+        );
     }
-    Ok(format!("{} host/path cases routed as Kubernetes specifies", cases.len()))
+    Ok(format!(
+        "{} host/path cases routed as Kubernetes specifies",
+        cases.len()
+    ))
 }
 
 async fn https(ns: &str, address: Option<Ipv4Addr>, ca: &str) -> anyhow::Result<String> {
@@ -169,46 +227,79 @@ async fn https(ns: &str, address: Option<Ipv4Addr>, ca: &str) -> anyhow::Result<
     for cert in rustls_pemfile_certs(&mut reader)? {
         roots.add(cert)?;
     }
-    let config = Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth());
+    let config = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
     let ns = ns.to_string();
     let body = tokio::task::spawn_blocking(move || {
         netns::in_netns(&ns, move || -> anyhow::Result<String> {
             use std::io::{Read as _, Write as _};
             let name = rustls::pki_types::ServerName::try_from(HOST_B)?;
             let conn = rustls::ClientConnection::new(config, name)?;
-            let tcp = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))?;
+            let tcp =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))?;
             tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
             let mut tls = rustls::StreamOwned::new(conn, tcp);
-            write!(tls, "GET /about HTTP/1.1\r\nHost: {HOST_B}\r\nConnection: close\r\n\r\n")?;
+            write!(
+                tls,
+                "GET /about HTTP/1.1\r\nHost: {HOST_B}\r\nConnection: close\r\n\r\n"
+            )?;
             let mut out = String::new();
             let _ = tls.read_to_string(&mut out);
             Ok(out)
         })?
     })
     .await??;
-    ensure!(body.starts_with("HTTP/1.1 200"), "https answer: {}", body.lines().next().unwrap_or(""));
-    ensure!(body.contains("api pod"), "https {HOST_B}/about reached the wrong pod: {body}");
+    ensure!(
+        body.starts_with("HTTP/1.1 200"),
+        "https answer: {}",
+        body.lines().next().unwrap_or("")
+    );
+    ensure!(
+        body.contains("api pod"),
+        "https {HOST_B}/about reached the wrong pod: {body}"
+    );
     let proto = body.to_ascii_lowercase().contains("xff=");
-    Ok(format!("https://{HOST_B}/about verified and routed (X-Forwarded-For seen: {proto})"))
+    Ok(format!(
+        "https://{HOST_B}/about verified and routed (X-Forwarded-For seen: {proto})"
+    ))
 }
 
 /// PEM certificates from a reader (CERTIFICATE blocks only).
-fn rustls_pemfile_certs(reader: &mut dyn std::io::BufRead) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+fn rustls_pemfile_certs(
+    reader: &mut dyn std::io::BufRead,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject as _;
     let mut text = Vec::new();
     reader.read_to_end(&mut text)?;
     Ok(rustls::pki_types::CertificateDer::pem_slice_iter(&text).collect::<Result<Vec<_>, _>>()?)
 }
 
-async fn delete(reconciler: &lb_controller::Reconciler, client: &Client, pods: &[PodView]) -> anyhow::Result<String> {
+async fn delete(
+    reconciler: &lb_controller::Reconciler,
+    client: &Client,
+    pods: &[PodView],
+) -> anyhow::Result<String> {
     let (ingress, _, _) = objects(pods)?;
     let key = translate::lb_key(&ingress).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     reconciler.delete(&key.owner("walk")).await?;
-    let lbs = client.describe_load_balancers_all(&Default::default()).await?;
-    ensure!(lbs.iter().all(|l| matches!(l.status.as_str(), "deleted" | "ceased")), "load balancers left");
-    let certs = client.describe_server_certificates_all(&Default::default()).await?;
+    let lbs = client
+        .describe_load_balancers_all(&Default::default())
+        .await?;
+    ensure!(
+        lbs.iter()
+            .all(|l| matches!(l.status.as_str(), "deleted" | "ceased")),
+        "load balancers left"
+    );
+    let certs = client
+        .describe_server_certificates_all(&Default::default())
+        .await?;
     ensure!(certs.is_empty(), "{} certificates left", certs.len());
-    let policies = client.describe_load_balancer_policies_all(&Default::default()).await?;
+    let policies = client
+        .describe_load_balancer_policies_all(&Default::default())
+        .await?;
     ensure!(policies.is_empty(), "{} policies left", policies.len());
     Ok("0 LBs, 0 certificates, 0 policies".into())
 }

@@ -51,7 +51,9 @@ fn service() -> anyhow::Result<k8s_openapi::api::core::v1::Service> {
     }))?)
 }
 
-fn endpoint_slice(pods: &[PodView]) -> anyhow::Result<k8s_openapi::api::discovery::v1::EndpointSlice> {
+fn endpoint_slice(
+    pods: &[PodView],
+) -> anyhow::Result<k8s_openapi::api::discovery::v1::EndpointSlice> {
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -81,20 +83,50 @@ impl LbWalk {
         ) {
             Ok(c) => c,
             Err(e) => {
-                walk.step("cloud-config", async move { Err::<String, _>(anyhow::anyhow!("{e}")) }).await;
+                walk.step("cloud-config", async move {
+                    Err::<String, _>(anyhow::anyhow!("{e}"))
+                })
+                .await;
                 return false;
             }
         };
         let reconciler = lb_controller::Reconciler::new(client.clone(), config.cluster_id.clone());
-        let ok = walk.step("HTTP servers in 2 pods (the Service's endpoints)", start_servers(pods, &mut servers)).await
-            && walk.step("client namespace linked to the VPC edge", self.attach_client(&mut client_ns)).await
+        let ok = walk
+            .step(
+                "HTTP servers in 2 pods (the Service's endpoints)",
+                start_servers(pods, &mut servers),
+            )
+            .await
             && walk
-                .step("Service -> CCM translation -> lb-controller ensure", ensure_lb(&reconciler, &config, pods, &mut address))
+                .step(
+                    "client namespace linked to the VPC edge",
+                    self.attach_client(&mut client_ns),
+                )
                 .await
-            && walk.step("HTTP from the client via the EIP reaches both pods", traffic(client_ns.as_ref(), address, pods)).await
-            && walk.step("resync: a second ensure makes zero cloud writes", idempotent(&reconciler, &config, pods)).await;
+            && walk
+                .step(
+                    "Service -> CCM translation -> lb-controller ensure",
+                    ensure_lb(&reconciler, &config, pods, &mut address),
+                )
+                .await
+            && walk
+                .step(
+                    "HTTP from the client via the EIP reaches both pods",
+                    traffic(client_ns.as_ref(), address, pods),
+                )
+                .await
+            && walk
+                .step(
+                    "resync: a second ensure makes zero cloud writes",
+                    idempotent(&reconciler, &config, pods),
+                )
+                .await;
         let _ = ok;
-        walk.step("Service deleted: LB, listener, EIP, security group gone", delete_lb(&reconciler, client)).await;
+        walk.step(
+            "Service deleted: LB, listener, EIP, security group gone",
+            delete_lb(&reconciler, client),
+        )
+        .await;
         drop(servers);
         if let Some(c) = &client_ns {
             crate::ingress_walk::run(walk, client, pods, c.name()).await;
@@ -114,16 +146,34 @@ impl LbWalk {
 
 async fn start_servers(pods: &[PodView], servers: &mut Vec<HttpServer>) -> anyhow::Result<String> {
     for p in pods.iter().take(2) {
-        servers.push(HttpServer::start(&p.ns, SocketAddr::from((p.ip, POD_PORT)), &format!("hello from pod {}", p.ip))?);
+        servers.push(HttpServer::start(
+            &p.ns,
+            SocketAddr::from((p.ip, POD_PORT)),
+            &format!("hello from pod {}", p.ip),
+        )?);
     }
     ensure!(servers.len() == 2, "need 2 pods, have {}", servers.len());
-    Ok(pods.iter().take(2).map(|p| format!("{}:{POD_PORT}", p.ip)).collect::<Vec<_>>().join(", "))
+    Ok(pods
+        .iter()
+        .take(2)
+        .map(|p| format!("{}:{POD_PORT}", p.ip))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
-async fn desired(config: &cloud_provider::config::CloudConfig, pods: &[PodView]) -> anyhow::Result<lb_controller::DesiredLb> {
+async fn desired(
+    config: &cloud_provider::config::CloudConfig,
+    pods: &[PodView],
+) -> anyhow::Result<lb_controller::DesiredLb> {
     let svc = service()?;
     let slices = vec![endpoint_slice(&pods[..2])?];
-    Ok(cloud_provider::services::translate(&svc, &[], &slices, &BTreeMap::new(), config)?)
+    Ok(cloud_provider::services::translate(
+        &svc,
+        &[],
+        &slices,
+        &BTreeMap::new(),
+        config,
+    )?)
 }
 
 async fn ensure_lb(
@@ -136,10 +186,17 @@ async fn ensure_lb(
     let status = reconciler.ensure(&want).await?;
     let addr: Ipv4Addr = status.addresses.first().context("no LB address")?.parse()?;
     *address = Some(addr);
-    Ok(format!("{} on EIP {addr}:{SERVICE_PORT} -> pods :{POD_PORT}", status.lb_id))
+    Ok(format!(
+        "{} on EIP {addr}:{SERVICE_PORT} -> pods :{POD_PORT}",
+        status.lb_id
+    ))
 }
 
-async fn traffic(client: Option<&netns::Client>, address: Option<Ipv4Addr>, pods: &[PodView]) -> anyhow::Result<String> {
+async fn traffic(
+    client: Option<&netns::Client>,
+    address: Option<Ipv4Addr>,
+    pods: &[PodView],
+) -> anyhow::Result<String> {
     let client = client.context("no client namespace")?.name().to_string();
     let addr = SocketAddr::from((address.context("no address")?, SERVICE_PORT));
     let mut seen = BTreeSet::new();
@@ -160,36 +217,76 @@ async fn traffic(client: Option<&netns::Client>, address: Option<Ipv4Addr>, pods
             }
         }
     }
-    ensure!(seen.len() == 2, "reached {} of 2 pods via {addr} (last error: {last_err:?}); answers: {seen:?}", seen.len());
+    ensure!(
+        seen.len() == 2,
+        "reached {} of 2 pods via {addr} (last error: {last_err:?}); answers: {seen:?}",
+        seen.len()
+    );
     let _ = pods;
-    Ok(format!("{} -> {addr}: {}", client, seen.into_iter().collect::<Vec<_>>().join(" | ")))
+    Ok(format!(
+        "{} -> {addr}: {}",
+        client,
+        seen.into_iter().collect::<Vec<_>>().join(" | ")
+    ))
 }
 
-async fn idempotent(reconciler: &lb_controller::Reconciler, config: &cloud_provider::config::CloudConfig, pods: &[PodView]) -> anyhow::Result<String> {
+async fn idempotent(
+    reconciler: &lb_controller::Reconciler,
+    config: &cloud_provider::config::CloudConfig,
+    pods: &[PodView],
+) -> anyhow::Result<String> {
     let before = writes(reconciler.client());
     let want = desired(config, pods).await?;
     reconciler.ensure(&want).await?;
     let after = writes(reconciler.client());
-    ensure!(after == before, "{} write calls on an unchanged Service", after - before);
+    ensure!(
+        after == before,
+        "{} write calls on an unchanged Service",
+        after - before
+    );
     Ok("0 writes".into())
 }
 
 fn writes(client: &Client) -> u64 {
-    client.stats().iter().filter(|(action, _)| !action.starts_with("Describe")).map(|(_, s)| s.calls).sum()
+    client
+        .stats()
+        .iter()
+        .filter(|(action, _)| !action.starts_with("Describe"))
+        .map(|(_, s)| s.calls)
+        .sum()
 }
 
-async fn delete_lb(reconciler: &lb_controller::Reconciler, client: &Client) -> anyhow::Result<String> {
+async fn delete_lb(
+    reconciler: &lb_controller::Reconciler,
+    client: &Client,
+) -> anyhow::Result<String> {
     let svc = service()?;
     let owner = cloud_provider::services::owner(&svc, "walk");
     reconciler.delete(&owner).await?;
-    let lbs = client.describe_load_balancers_all(&DescribeLoadBalancers::default()).await?;
-    let live: Vec<_> = lbs.iter().filter(|l| !matches!(l.status.as_str(), "deleted" | "ceased")).map(|l| l.loadbalancer_id.clone()).collect();
+    let lbs = client
+        .describe_load_balancers_all(&DescribeLoadBalancers::default())
+        .await?;
+    let live: Vec<_> = lbs
+        .iter()
+        .filter(|l| !matches!(l.status.as_str(), "deleted" | "ceased"))
+        .map(|l| l.loadbalancer_id.clone())
+        .collect();
     ensure!(live.is_empty(), "load balancers left: {live:?}");
     let eips = client.describe_eips_all(&DescribeEips::default()).await?;
-    let held: Vec<_> = eips.iter().filter(|e| e.status != "released").map(|e| e.eip_id.clone()).collect();
+    let held: Vec<_> = eips
+        .iter()
+        .filter(|e| e.status != "released")
+        .map(|e| e.eip_id.clone())
+        .collect();
     ensure!(held.is_empty(), "EIPs left: {held:?}");
-    let sgs = client.describe_security_groups_all(&DescribeSecurityGroups::default()).await?;
-    let ours: Vec<_> = sgs.iter().filter(|g| g.is_default == 0).map(|g| g.security_group_id.clone()).collect();
+    let sgs = client
+        .describe_security_groups_all(&DescribeSecurityGroups::default())
+        .await?;
+    let ours: Vec<_> = sgs
+        .iter()
+        .filter(|g| g.is_default == 0)
+        .map(|g| g.security_group_id.clone())
+        .collect();
     ensure!(ours.is_empty(), "security groups left: {ours:?}");
     Ok("0 LBs, 0 EIPs, 0 non-default security groups".into())
 }

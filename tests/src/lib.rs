@@ -1,7 +1,7 @@
 //! End-to-end helpers shared by the suites in `tests/tests/` and the walk.
 
-pub mod control_plane;
 pub mod cni_walk;
+pub mod control_plane;
 pub mod csi_walk;
 pub mod iaas_walk;
 pub mod ingress_walk;
@@ -47,8 +47,12 @@ impl TestCloud {
     }
 
     /// A client for this emulator, with the given adjustments to its config.
-    pub fn client_with(&self, adjust: impl FnOnce(&mut iaas_client::Config)) -> anyhow::Result<iaas_client::Client> {
-        let mut config = iaas_client::Config::from_credentials_file(self.emulator.credentials_file())?;
+    pub fn client_with(
+        &self,
+        adjust: impl FnOnce(&mut iaas_client::Config),
+    ) -> anyhow::Result<iaas_client::Client> {
+        let mut config =
+            iaas_client::Config::from_credentials_file(self.emulator.credentials_file())?;
         adjust(&mut config);
         Ok(iaas_client::Client::new(config)?)
     }
@@ -72,12 +76,23 @@ pub fn emulator_binary() -> anyhow::Result<std::path::PathBuf> {
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "iaas-emulator", "--bin", "iaas-emulator"]);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "iaas-emulator",
+            "--bin",
+            "iaas-emulator",
+        ]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status()?;
-        anyhow::ensure!(status.success() && bin.exists(), "could not build {}", bin.display());
+        anyhow::ensure!(
+            status.success() && bin.exists(),
+            "could not build {}",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -103,7 +118,12 @@ impl EmulatorProcess {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--control-plane-only", "--listen", "127.0.0.1:0", "--addr-file"])
+            .args([
+                "--control-plane-only",
+                "--listen",
+                "127.0.0.1:0",
+                "--addr-file",
+            ])
             .arg(&addr_file)
             .args(extra)
             .stdout(std::process::Stdio::null())
@@ -125,14 +145,21 @@ impl EmulatorProcess {
             if let Some(status) = proc.child.try_wait()? {
                 anyhow::bail!("emulator exited early with {status}");
             }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "emulator did not report its address in 30 s");
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "emulator did not report its address in 30 s"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
     /// A client for it (credentials from its data dir, endpoint from its address).
-    pub fn client(&self, adjust: impl FnOnce(&mut iaas_client::Config)) -> anyhow::Result<iaas_client::Client> {
-        let mut config = iaas_client::Config::from_credentials_file(self.data_dir.join("credentials.yaml"))?;
+    pub fn client(
+        &self,
+        adjust: impl FnOnce(&mut iaas_client::Config),
+    ) -> anyhow::Result<iaas_client::Client> {
+        let mut config =
+            iaas_client::Config::from_credentials_file(self.data_dir.join("credentials.yaml"))?;
         config.endpoint = format!("http://{}", self.addr);
         adjust(&mut config);
         Ok(iaas_client::Client::new(config)?)

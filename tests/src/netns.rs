@@ -21,7 +21,9 @@ impl Netns {
     /// Creates `name` (which must be unique to this run) with loopback up.
     pub fn create(name: &str) -> anyhow::Result<Netns> {
         ip(&["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -56,7 +58,10 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Runs `f` on a fresh thread that has entered namespace `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let path = Path::new(NETNS_DIR).join(ns);
     std::thread::spawn(move || -> anyhow::Result<T> {
         let fd = std::fs::File::open(&path)?;
@@ -78,13 +83,26 @@ pub struct CniRun {
 
 /// Executes a CNI plugin exactly as a runtime does (environment variables,
 /// network configuration on stdin) from inside the node namespace `node`.
-pub fn run_cni(plugin: &Path, node: &str, command: &str, container_id: &str, pod_netns: Option<&Path>, conf: &str) -> anyhow::Result<CniRun> {
+pub fn run_cni(
+    plugin: &Path,
+    node: &str,
+    command: &str,
+    container_id: &str,
+    pod_netns: Option<&Path>,
+    conf: &str,
+) -> anyhow::Result<CniRun> {
     let plugin = plugin.to_path_buf();
     let mut env: Vec<(String, String)> = vec![
         ("CNI_COMMAND".into(), command.into()),
         ("CNI_CONTAINERID".into(), container_id.into()),
         ("CNI_IFNAME".into(), "eth0".into()),
-        ("CNI_PATH".into(), plugin.parent().map(|p| p.display().to_string()).unwrap_or_default()),
+        (
+            "CNI_PATH".into(),
+            plugin
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
     ];
     if let Some(ns) = pod_netns {
         env.push(("CNI_NETNS".into(), ns.display().to_string()));
@@ -99,7 +117,11 @@ pub fn run_cni(plugin: &Path, node: &str, command: &str, container_id: &str, pod
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        child.stdin.take().expect("piped stdin").write_all(conf.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(conf.as_bytes())?;
         let out = child.wait_with_output()?;
         Ok(CniRun {
             ok: out.status.success(),
@@ -131,7 +153,9 @@ pub fn tcp_round_trip(from: &str, to: &str, to_addr: Ipv4Addr) -> anyhow::Result
         }
     });
     let ok = in_netns(from, move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((to_addr, port)), Duration::from_secs(2)) else {
+        let Ok(mut s) =
+            TcpStream::connect_timeout(&SocketAddr::from((to_addr, port)), Duration::from_secs(2))
+        else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -140,7 +164,9 @@ pub fn tcp_round_trip(from: &str, to: &str, to_addr: Ipv4Addr) -> anyhow::Result
     })?;
     if !ok {
         // Unblock the accept so the server thread ends.
-        let _ = in_netns(to, move || TcpStream::connect_timeout(&SocketAddr::from((to_addr, port)), Duration::from_secs(1)));
+        let _ = in_netns(to, move || {
+            TcpStream::connect_timeout(&SocketAddr::from((to_addr, port)), Duration::from_secs(1))
+        });
     }
     let _ = server.join();
     Ok(ok)
@@ -157,10 +183,21 @@ pub fn link_kinds(ns: &str) -> anyhow::Result<Vec<String>> {
                 .iter()
                 .position(|w| *w == "link/ether" || *w == "link/none" || *w == "link/loopback")
                 .and_then(|_| {
-                    ["veth", "bridge", "vxlan", "geneve", "ipip", "gre", "gretap", "sit", "wireguard", "dummy"]
-                        .iter()
-                        .find(|k| words.contains(k))
-                        .map(|k| k.to_string())
+                    [
+                        "veth",
+                        "bridge",
+                        "vxlan",
+                        "geneve",
+                        "ipip",
+                        "gre",
+                        "gretap",
+                        "sit",
+                        "wireguard",
+                        "dummy",
+                    ]
+                    .iter()
+                    .find(|k| words.contains(k))
+                    .map(|k| k.to_string())
                 })
         })
         .collect())
@@ -180,15 +217,48 @@ impl Client {
     /// (router side `.1`, client `.2`), with the client's default route via the router.
     pub fn attach(name: &str, router_ns: &str, k: u8) -> anyhow::Result<Client> {
         let ns = Netns::create(name)?;
-        let (outer, inner) = (format!("cl{k}-{}", std::process::id() % 100_000), format!("c{k}-{}", std::process::id() % 100_000));
+        let (outer, inner) = (
+            format!("cl{k}-{}", std::process::id() % 100_000),
+            format!("c{k}-{}", std::process::id() % 100_000),
+        );
         // Created inside the router namespace, peer moved straight into the client's.
-        ip(&["-n", router_ns, "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", name])?;
-        ip(&["-n", router_ns, "addr", "add", &format!("100.64.{k}.1/30"), "dev", &outer])?;
+        ip(&[
+            "-n", router_ns, "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            "netns", name,
+        ])?;
+        ip(&[
+            "-n",
+            router_ns,
+            "addr",
+            "add",
+            &format!("100.64.{k}.1/30"),
+            "dev",
+            &outer,
+        ])?;
         ip(&["-n", router_ns, "link", "set", &outer, "up"])?;
-        ip(&["-n", name, "addr", "add", &format!("100.64.{k}.2/30"), "dev", &inner])?;
+        ip(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("100.64.{k}.2/30"),
+            "dev",
+            &inner,
+        ])?;
         ip(&["-n", name, "link", "set", &inner, "up"])?;
-        ip(&["-n", name, "route", "add", "default", "via", &format!("100.64.{k}.1")])?;
-        Ok(Client { ns, addr: Ipv4Addr::new(100, 64, k, 2) })
+        ip(&[
+            "-n",
+            name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("100.64.{k}.1"),
+        ])?;
+        Ok(Client {
+            ns,
+            addr: Ipv4Addr::new(100, 64, k, 2),
+        })
     }
 
     /// The namespace name.
@@ -233,14 +303,26 @@ impl HttpServer {
                     let head = String::from_utf8_lossy(&seen);
                     let xff = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-forwarded-for:").map(|v| v.trim().to_string()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("x-forwarded-for:")
+                                .map(|v| v.trim().to_string())
+                        })
                         .unwrap_or_default();
                     let text = format!("{body} xff={xff}\n");
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len());
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
                 });
             }
         });
-        Ok(HttpServer { stop, addr, ns: ns.to_string() })
+        Ok(HttpServer {
+            stop,
+            addr,
+            ns: ns.to_string(),
+        })
     }
 }
 
@@ -249,7 +331,9 @@ impl Drop for HttpServer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         // Wake the accept loop so the thread sees the flag.
         let addr = self.addr;
-        let _ = in_netns(&self.ns, move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)));
+        let _ = in_netns(&self.ns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        });
     }
 }
 
@@ -259,11 +343,18 @@ pub fn http_get(ns: &str, addr: SocketAddr, host: &str, path: &str) -> anyhow::R
     in_netns(ns, move || -> anyhow::Result<String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        anyhow::ensure!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "GET {host}{path} via {addr}: {}", head.lines().next().unwrap_or(""));
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "GET {host}{path} via {addr}: {}",
+            head.lines().next().unwrap_or("")
+        );
         Ok(body.to_string())
     })?
 }

@@ -81,9 +81,19 @@ impl RawRequest {
     pub fn encode(&self, target: &Target) -> String {
         let secret = self.secret.as_deref().unwrap_or(&target.secret);
         match &self.signature {
-            None => sign::signed_query(secret, SignatureMethod::HmacSha256, self.method, sign::QC_URI, &self.params),
+            None => sign::signed_query(
+                secret,
+                SignatureMethod::HmacSha256,
+                self.method,
+                sign::QC_URI,
+                &self.params,
+            ),
             Some(s) if s.is_empty() => sign::canonical_query(&self.params),
-            Some(s) => format!("{}&signature={}", sign::canonical_query(&self.params), sign::percent_encode(s)),
+            Some(s) => format!(
+                "{}&signature={}",
+                sign::canonical_query(&self.params),
+                sign::percent_encode(s)
+            ),
         }
     }
 
@@ -95,7 +105,11 @@ impl RawRequest {
 }
 
 /// Sends an already encoded query (GET) or form body (POST).
-pub async fn send_encoded(target: &Target, method: &str, encoded: &str) -> anyhow::Result<(u16, Value)> {
+pub async fn send_encoded(
+    target: &Target,
+    method: &str,
+    encoded: &str,
+) -> anyhow::Result<(u16, Value)> {
     let http = http_client()?;
     let url = format!("{}{}", target.endpoint.trim_end_matches('/'), sign::QC_URI);
     let resp = if method == "GET" {
@@ -109,7 +123,8 @@ pub async fn send_encoded(target: &Target, method: &str, encoded: &str) -> anyho
     };
     let status = resp.status().as_u16();
     let text = resp.text().await?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("non-JSON response ({status}): {e}: {text:.200}"))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("non-JSON response ({status}): {e}: {text:.200}"))?;
     Ok((status, json))
 }
 
@@ -125,5 +140,8 @@ pub fn ret_code(body: &Value) -> i64 {
 
 /// The `message` of a response body.
 pub fn message(body: &Value) -> String {
-    body.get("message").and_then(Value::as_str).unwrap_or_default().to_string()
+    body.get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }

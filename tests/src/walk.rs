@@ -41,7 +41,10 @@ pub struct Walk {
 
 impl std::fmt::Debug for Walk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Walk").field("section", &self.section).field("steps", &self.reports.len()).finish()
+        f.debug_struct("Walk")
+            .field("section", &self.section)
+            .field("steps", &self.reports.len())
+            .finish()
     }
 }
 
@@ -117,15 +120,34 @@ impl Walk {
 
     /// Whether every step that ran passed.
     pub fn all_passed(&self) -> bool {
-        !self.reports.iter().any(|r| matches!(r.outcome, Outcome::Failed(_)))
+        !self
+            .reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Failed(_)))
     }
 
     /// The summary table as text.
     pub fn summary(&self) -> String {
-        let w_sec = self.reports.iter().map(|r| r.section.len()).max().unwrap_or(7).max(7);
-        let w_name = self.reports.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+        let w_sec = self
+            .reports
+            .iter()
+            .map(|r| r.section.len())
+            .max()
+            .unwrap_or(7)
+            .max(7);
+        let w_name = self
+            .reports
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let mut out = String::new();
-        let _ = writeln!(out, "\n{:<w_sec$}  {:<w_name$}  {:<7}  {:>9}  {:>5}", "section", "step", "result", "time", "calls");
+        let _ = writeln!(
+            out,
+            "\n{:<w_sec$}  {:<w_name$}  {:<7}  {:>9}  {:>5}",
+            "section", "step", "result", "time", "calls"
+        );
         let _ = writeln!(out, "{}", "-".repeat(w_sec + w_name + 32));
         for r in &self.reports {
             let result = match r.outcome {
@@ -143,8 +165,16 @@ impl Walk {
                 r.calls
             );
         }
-        let passed = self.reports.iter().filter(|r| matches!(r.outcome, Outcome::Passed(_))).count();
-        let failed = self.reports.iter().filter(|r| matches!(r.outcome, Outcome::Failed(_))).count();
+        let passed = self
+            .reports
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Passed(_)))
+            .count();
+        let failed = self
+            .reports
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+            .count();
         let skipped = self.reports.len() - passed - failed;
         let total_calls: u64 = self.reports.iter().map(|r| r.calls).sum();
         let _ = writeln!(out, "{}", "-".repeat(w_sec + w_name + 32));

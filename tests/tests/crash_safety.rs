@@ -34,7 +34,13 @@ async fn sigkill_never_loses_an_acknowledged_change() {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let name = format!("r{round}-w{w}-{i}");
-                    if let Ok(out) = client.create_tag(&CreateTag { tag_name: name.clone(), description: None }).await {
+                    if let Ok(out) = client
+                        .create_tag(&CreateTag {
+                            tag_name: name.clone(),
+                            description: None,
+                        })
+                        .await
+                    {
                         acked.lock().await.push(out.tag_id);
                     }
                     i += 1;
@@ -49,14 +55,24 @@ async fn sigkill_never_loses_an_acknowledged_change() {
             w.await.unwrap();
         }
         let acked = acked.lock().await.clone();
-        assert!(!acked.is_empty(), "round {round}: nothing was written before the kill");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: nothing was written before the kill"
+        );
 
         let emu = EmulatorProcess::spawn(dir.path(), &[]).unwrap();
         let client = emu.client(quick).unwrap();
-        let tags = client.describe_tags_all(&DescribeTags::default()).await.unwrap();
+        let tags = client
+            .describe_tags_all(&DescribeTags::default())
+            .await
+            .unwrap();
         let present: std::collections::HashSet<_> = tags.iter().map(|t| t.tag_id.clone()).collect();
         let lost: Vec<_> = acked.iter().filter(|id| !present.contains(*id)).collect();
-        assert!(lost.is_empty(), "round {round}: {} acknowledged tags lost: {lost:?}", lost.len());
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} acknowledged tags lost: {lost:?}",
+            lost.len()
+        );
         emu.kill();
     }
 }
@@ -69,25 +85,58 @@ async fn unfinished_jobs_resume_after_sigkill() {
     let config_arg = config.to_str().unwrap();
     let emu = EmulatorProcess::spawn(dir.path(), &["--config", config_arg]).unwrap();
     let client = emu.client(quick).unwrap();
-    let out = client.create_volumes(&CreateVolumes { size: 10, count: Some(3), volume_name: Some("crash".into()), ..Default::default() }).await.unwrap();
+    let out = client
+        .create_volumes(&CreateVolumes {
+            size: 10,
+            count: Some(3),
+            volume_name: Some("crash".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     // The job is pending or working now; kill before it can finish.
     emu.kill();
 
     let emu = EmulatorProcess::spawn(dir.path(), &["--config", config_arg]).unwrap();
     let client = emu.client(quick).unwrap();
-    let job = client.wait_job(&out.job_id, Some(Duration::from_secs(30))).await;
-    let vols = client.describe_volumes_all(&DescribeVolumes { volumes: out.volumes.clone(), ..Default::default() }).await.unwrap();
+    let job = client
+        .wait_job(&out.job_id, Some(Duration::from_secs(30)))
+        .await;
+    let vols = client
+        .describe_volumes_all(&DescribeVolumes {
+            volumes: out.volumes.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     match job {
         Ok(_) => {
             assert_eq!(vols.len(), 3);
-            assert!(vols.iter().all(|v| v.status == "available" && v.transition_status.is_empty()), "{vols:?}");
+            assert!(
+                vols.iter()
+                    .all(|v| v.status == "available" && v.transition_status.is_empty()),
+                "{vols:?}"
+            );
         }
         Err(iaas_client::Error::JobFailed { .. }) => {
-            assert!(vols.iter().all(|v| v.transition_status.is_empty() && v.status != "available"), "{vols:?}");
+            assert!(
+                vols.iter()
+                    .all(|v| v.transition_status.is_empty() && v.status != "available"),
+                "{vols:?}"
+            );
         }
         Err(e) => panic!("job neither finished nor failed cleanly: {e}"),
     }
     // And the store still accepts work.
-    let out = client.create_volumes(&CreateVolumes { size: 10, ..Default::default() }).await.unwrap();
-    client.wait_job(&out.job_id, Some(Duration::from_secs(30))).await.unwrap();
+    let out = client
+        .create_volumes(&CreateVolumes {
+            size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .wait_job(&out.job_id, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
 }

@@ -10,7 +10,10 @@ use time::{Duration, OffsetDateTime};
 async fn well_formed_request_succeeds_get_and_post() {
     let cloud = TestCloud::start().await.unwrap();
     let t = cloud.target();
-    let (status, body) = RawRequest::new(&t, "DescribeInstances", &[]).send(&t).await.unwrap();
+    let (status, body) = RawRequest::new(&t, "DescribeInstances", &[])
+        .send(&t)
+        .await
+        .unwrap();
     assert_eq!((status, ret_code(&body)), (200, 0), "{body}");
     assert_eq!(body["action"], "DescribeInstancesResponse");
     let mut post = RawRequest::new(&t, "DescribeVxnets", &[]);
@@ -55,13 +58,18 @@ async fn stale_future_and_malformed_timestamps() {
     let cloud = TestCloud::start().await.unwrap();
     let t = cloud.target();
     let now = OffsetDateTime::now_utc();
-    for at in [now - Duration::seconds(120), now + Duration::seconds(120), now - Duration::days(400)] {
+    for at in [
+        now - Duration::seconds(120),
+        now + Duration::seconds(120),
+        now - Duration::days(400),
+    ] {
         let r = RawRequest::new(&t, "DescribeVolumes", &[]).set("time_stamp", &time_stamp(at));
         let (_, body) = r.send(&t).await.unwrap();
         assert_eq!(ret_code(&body), codes::EXPIRED as i64, "{at}: {body}");
     }
     // A replay of a captured request older than the window is refused too.
-    let r = RawRequest::new(&t, "DescribeVolumes", &[]).set("time_stamp", &time_stamp(now - Duration::seconds(61)));
+    let r = RawRequest::new(&t, "DescribeVolumes", &[])
+        .set("time_stamp", &time_stamp(now - Duration::seconds(61)));
     let (_, body) = r.send(&t).await.unwrap();
     assert_eq!(ret_code(&body), codes::EXPIRED as i64, "{body}");
     let r = RawRequest::new(&t, "DescribeVolumes", &[]).set("time_stamp", "yesterday");
@@ -82,24 +90,54 @@ async fn missing_and_invalid_parameters_are_1100_naming_them() {
         ("AttachVolumes", &[("volumes.1", "vol-x")], "instance"),
         ("DescribeVolumes", &[("limit", "-1")], "limit"),
         ("DescribeVolumes", &[("volumes.0", "vol-x")], "volumes"),
-        ("DescribeVolumes", &[("volumes.1", "a"), ("volumes.3", "b")], "volumes"),
-        ("AddLoadBalancerListeners", &[("loadbalancer", "lb-x"), ("listeners.1.listener_port", "99999"), ("listeners.1.listener_protocol", "tcp")], "listeners.1.listener_port"),
+        (
+            "DescribeVolumes",
+            &[("volumes.1", "a"), ("volumes.3", "b")],
+            "volumes",
+        ),
+        (
+            "AddLoadBalancerListeners",
+            &[
+                ("loadbalancer", "lb-x"),
+                ("listeners.1.listener_port", "99999"),
+                ("listeners.1.listener_protocol", "tcp"),
+            ],
+            "listeners.1.listener_port",
+        ),
         ("CreateTag", &[], "tag_name"),
     ];
     for (action, params, field) in cases {
         let (_, body) = RawRequest::new(&t, action, params).send(&t).await.unwrap();
-        assert_eq!(ret_code(&body), codes::MALFORMED as i64, "{action} {params:?}: {body}");
-        assert!(message(&body).contains(field), "{action}: message should name {field}: {body}");
+        assert_eq!(
+            ret_code(&body),
+            codes::MALFORMED as i64,
+            "{action} {params:?}: {body}"
+        );
+        assert!(
+            message(&body).contains(field),
+            "{action}: message should name {field}: {body}"
+        );
     }
     // Wrong zone and unknown action.
-    let (_, body) = RawRequest::new(&t, "DescribeVolumes", &[]).set("zone", "elsewhere").send(&t).await.unwrap();
+    let (_, body) = RawRequest::new(&t, "DescribeVolumes", &[])
+        .set("zone", "elsewhere")
+        .send(&t)
+        .await
+        .unwrap();
     assert_eq!(ret_code(&body), codes::MALFORMED as i64, "{body}");
     assert!(message(&body).contains("zone"), "{body}");
-    let (_, body) = RawRequest::new(&t, "LaunchMissiles", &[]).send(&t).await.unwrap();
+    let (_, body) = RawRequest::new(&t, "LaunchMissiles", &[])
+        .send(&t)
+        .await
+        .unwrap();
     assert_eq!(ret_code(&body), codes::MALFORMED as i64, "{body}");
     assert!(message(&body).contains("LaunchMissiles"), "{body}");
     // Missing action altogether.
-    let (_, body) = RawRequest::new(&t, "DescribeVolumes", &[]).remove("action").send(&t).await.unwrap();
+    let (_, body) = RawRequest::new(&t, "DescribeVolumes", &[])
+        .remove("action")
+        .send(&t)
+        .await
+        .unwrap();
     assert_eq!(ret_code(&body), codes::MALFORMED as i64, "{body}");
     assert!(message(&body).contains("action"), "{body}");
 }
@@ -109,32 +147,56 @@ async fn oversized_requests_are_refused_without_harm() {
     let cloud = TestCloud::start().await.unwrap();
     let t = cloud.target();
     let big = "x".repeat(2 * 1024 * 1024);
-    let mut r = RawRequest::new(&t, "CreateTag", &[("tag_name", "big"), ("description", &big)]);
+    let mut r = RawRequest::new(
+        &t,
+        "CreateTag",
+        &[("tag_name", "big"), ("description", &big)],
+    );
     r.method = "POST";
     let (status, body) = r.send(&t).await.unwrap();
     assert_eq!(status, 413, "{body}");
     assert_eq!(ret_code(&body), codes::MALFORMED as i64, "{body}");
     // Too many parameters.
-    let many: Vec<(String, String)> = (1..=5000).map(|i| (format!("volumes.{i}"), format!("vol-{i}"))).collect();
+    let many: Vec<(String, String)> = (1..=5000)
+        .map(|i| (format!("volumes.{i}"), format!("vol-{i}")))
+        .collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let mut r = RawRequest::new(&t, "DescribeVolumes", &refs);
     r.method = "POST";
     let (_, body) = r.send(&t).await.unwrap();
     assert_eq!(ret_code(&body), codes::MALFORMED as i64, "{body}");
     // The emulator is still healthy afterwards.
-    let (_, body) = RawRequest::new(&t, "DescribeTags", &[]).send(&t).await.unwrap();
+    let (_, body) = RawRequest::new(&t, "DescribeTags", &[])
+        .send(&t)
+        .await
+        .unwrap();
     assert_eq!(ret_code(&body), 0, "{body}");
-    assert_eq!(body["total_count"], 0, "the refused CreateTag must not have created anything: {body}");
+    assert_eq!(
+        body["total_count"], 0,
+        "the refused CreateTag must not have created anything: {body}"
+    );
 }
 
 #[tokio::test]
 async fn garbage_bodies_never_crash_the_server() {
     let cloud = TestCloud::start().await.unwrap();
     let t = cloud.target();
-    for garbage in ["", "&&&", "=", "%", "%zz=%", "a=%FF%FE", "action=%00", "\u{0}\u{1}"] {
+    for garbage in [
+        "",
+        "&&&",
+        "=",
+        "%",
+        "%zz=%",
+        "a=%FF%FE",
+        "action=%00",
+        "\u{0}\u{1}",
+    ] {
         let (_, body) = send_encoded(&t, "POST", garbage).await.unwrap();
         assert_ne!(ret_code(&body), 0, "{garbage:?}: {body}");
     }
-    let (_, body) = RawRequest::new(&t, "DescribeTags", &[]).send(&t).await.unwrap();
+    let (_, body) = RawRequest::new(&t, "DescribeTags", &[])
+        .send(&t)
+        .await
+        .unwrap();
     assert_eq!(ret_code(&body), 0, "{body}");
 }

@@ -360,8 +360,10 @@ fn set_namespace(o: &mut Value, ns: &str) {
             .unwrap()
             .insert("namespace".into(), ns.into());
     }
-    if k == "RoleBinding" || k == "ClusterRoleBinding" {
-        if let Some(Value::Sequence(subjects)) = o.get_mut("subjects") {
+    if (k == "RoleBinding" || k == "ClusterRoleBinding")
+        && let Some(Value::Sequence(subjects)) = o.get_mut("subjects")
+    {
+        {
             for s in subjects {
                 if s.get("kind").and_then(Value::as_str) == Some("ServiceAccount")
                     && matches!(
@@ -1341,8 +1343,10 @@ fn chart_default_render_equals_the_kustomize_base() {
 /// parsed, so comments and layout inside them do not count.
 fn normalized(o: &Value) -> serde_json::Value {
     let mut j = to_json(o);
-    if kind(o) == "ConfigMap" {
-        if let Some(serde_json::Value::Object(data)) = j.get_mut("data") {
+    if kind(o) == "ConfigMap"
+        && let Some(serde_json::Value::Object(data)) = j.get_mut("data")
+    {
+        {
             for (k, v) in data.iter_mut() {
                 if let (true, Some(text)) = (k.ends_with(".yaml"), v.as_str()) {
                     let parsed: Value =
@@ -1493,4 +1497,42 @@ fn chart_renders_with_every_optional_knob_set() {
         env.iter()
             .any(|e| e.name == "CNI_IP_MASQ" && e.value.as_deref() == Some("true"))
     );
+}
+
+#[test]
+fn every_suite_image_has_a_dockerfile_target_and_the_workspace_version() {
+    let dockerfile = std::fs::read_to_string(repo().join("images/Dockerfile")).unwrap();
+    let targets: BTreeSet<String> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .filter_map(|l| l.split(" AS ").nth(1).map(|t| t.trim().to_string()))
+        .collect();
+    let version = env!("CARGO_PKG_VERSION");
+    let mut images = BTreeSet::new();
+    let mut objects = build("overlays/emulator");
+    objects.extend(render_chart(default_values()).0);
+    for (_, spec) in pod_specs(&objects) {
+        for c in spec.containers {
+            let image = c.image.unwrap();
+            if let Some(rest) = image.strip_prefix("cloudsuite/") {
+                let (name, tag) = rest.split_once(':').expect("a tagged image");
+                assert!(
+                    targets.contains(name),
+                    "{image}: no `AS {name}` in images/Dockerfile"
+                );
+                assert_eq!(tag, version, "{image}");
+                // Every binary is built with --locked from its own package.
+                assert!(dockerfile.contains("--locked"));
+                images.insert(name.to_string());
+            }
+        }
+    }
+    for want in [
+        "cloud-controller-manager",
+        "csi-driver",
+        "cni-plugin",
+        "iaas-emulator",
+    ] {
+        assert!(images.contains(want), "{want} not used by any manifest");
+    }
 }

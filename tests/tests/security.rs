@@ -23,7 +23,10 @@ use tonic::transport::Channel;
 /// test runs for this package alone.
 fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
-    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = profile.join(bin);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -32,7 +35,10 @@ fn workspace_binary(package: &str, bin: &str) -> PathBuf {
         if profile.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        assert!(cmd.status().expect("cargo build").success(), "building {bin}");
+        assert!(
+            cmd.status().expect("cargo build").success(),
+            "building {bin}"
+        );
     }
     path
 }
@@ -168,7 +174,10 @@ fn assert_clean(what: &str, log: &str, secret: &str, signatures: &[String]) {
         assert!(!log.contains(s.as_str()), "{what}: signature {s} logged");
     }
     let tokens = hmac_like_tokens(log);
-    assert!(tokens.is_empty(), "{what}: signature-shaped values logged: {tokens:?}");
+    assert!(
+        tokens.is_empty(),
+        "{what}: signature-shaped values logged: {tokens:?}"
+    );
 }
 
 /// A `tracing` writer into a shared buffer (the in-process CCM-style calls).
@@ -232,7 +241,10 @@ fn credentials_never_logged_at_trace_by_emulator_csi_driver_and_ccm_calls() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut signatures = Vec::new();
     rt.block_on(async {
         // Raw requests whose signatures are known, one of them refused for a
@@ -309,19 +321,32 @@ fn credentials_never_logged_at_trace_by_emulator_csi_driver_and_ccm_calls() {
     let ccm_log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let emu_log = std::fs::read_to_string(dir.path().join("emulator.log")).unwrap();
     let csi_log = std::fs::read_to_string(&csi_log).unwrap();
-    // Trace really was on: each log has TRACE or DEBUG lines.
-    for (what, log) in [("emulator", &emu_log), ("csi-driver", &csi_log), ("ccm", &ccm_log)] {
+    // The logs saw the calls: the emulator logs every API call (it has no
+    // finer events), the driver and the client log at debug/trace too.
+    assert!(
+        emu_log.contains("DescribeLoadBalancers"),
+        "emulator log:\n{emu_log}"
+    );
+    for (what, log) in [("csi-driver", &csi_log), ("ccm", &ccm_log)] {
         assert!(
             log.contains("TRACE") || log.contains("DEBUG"),
             "{what}: no debug/trace lines, tracing was not at trace level:\n{log}"
         );
+    }
+    for (what, log) in [
+        ("emulator", &emu_log),
+        ("csi-driver", &csi_log),
+        ("ccm", &ccm_log),
+    ] {
         assert_clean(what, log, &secret, &signatures);
     }
 }
 
 /// Undoes the percent-encoding a base64 signature gets in a query.
 fn percent_decode(s: &str) -> String {
-    s.replace("%2B", "+").replace("%2F", "/").replace("%3D", "=")
+    s.replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=")
 }
 
 #[tokio::test]
@@ -470,7 +495,12 @@ fn cni_inputs_are_sanitised_by_the_plugin_binary() {
         ("CNI_IFNAME", "abc123", "a-name-longer-than-15", good_ns),
         ("CNI_IFNAME", "abc123", ".", good_ns),
         ("CNI_NETNS", "abc123", "eth0", "relative/netns"),
-        ("CNI_NETNS", "abc123", "eth0", "/var/run/netns/../../../etc/passwd"),
+        (
+            "CNI_NETNS",
+            "abc123",
+            "eth0",
+            "/var/run/netns/../../../etc/passwd",
+        ),
     ];
     for (var, id, ifname, netns) in cases {
         for command in ["ADD", "DEL", "CHECK"] {
@@ -483,7 +513,10 @@ fn cni_inputs_are_sanitised_by_the_plugin_binary() {
             let case = format!("{command} {var} ({id:?}, {ifname:?}, {netns:?})");
             assert!(!ok, "{case}: accepted: {out}");
             assert_eq!(out["code"], 4, "{case}: {out}");
-            assert!(out["msg"].as_str().unwrap_or_default().contains(var), "{case}: {out}");
+            assert!(
+                out["msg"].as_str().unwrap_or_default().contains(var),
+                "{case}: {out}"
+            );
             assert!(!touched, "{case}: the data dir was written");
         }
     }

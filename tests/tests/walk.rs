@@ -12,7 +12,12 @@ async fn iaas_walk_passes_and_leaks_nothing() {
     let ok = suite_tests::iaas_walk::run(&mut walk, &client).await;
     let summary = walk.summary();
     assert!(ok, "{summary}");
-    assert!(suite_tests::iaas_walk::leftovers(&client).await.unwrap().is_empty());
+    assert!(
+        suite_tests::iaas_walk::leftovers(&client)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The whole main job as the README runs it (the `walk` binary with every
@@ -24,12 +29,17 @@ fn full_walk_with_data_planes() {
         eprintln!("SKIP: full_walk_with_data_planes needs root (loop devices, namespaces)");
         return;
     }
-    let walk = suite_tests::cni_walk::sibling_binary("walk").expect("walk binary built with the tests");
+    let walk =
+        suite_tests::cni_walk::sibling_binary("walk").expect("walk binary built with the tests");
     for bin in ["csi-driver", "cloudsuite-cni"] {
         suite_tests::cni_walk::sibling_binary(bin).unwrap_or_else(|e| panic!("{e:#}"));
     }
     let out = std::process::Command::new(walk).output().expect("run walk");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "walk failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "walk failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(" 0 failed, 0 skipped"), "{stdout}");
 }

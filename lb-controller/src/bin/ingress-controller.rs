@@ -74,7 +74,9 @@ async fn main() -> anyhow::Result<()> {
     let iaas_cfg = match &args.credentials_file {
         Some(p) => iaas_client::Config::from_credentials_file(p)
             .with_context(|| format!("--credentials-file {}", p.display()))?,
-        None => iaas_client::Config::from_env().context("IaaS credentials from QY_* environment")?,
+        None => {
+            iaas_client::Config::from_env().context("IaaS credentials from QY_* environment")?
+        }
     };
     let cloud = iaas_client::Client::new(iaas_cfg).context("IaaS client")?;
     let lbs = Reconciler::new(cloud, args.cluster_id.clone());
@@ -87,9 +89,14 @@ async fn main() -> anyhow::Result<()> {
     let health = http::Health::new();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ReconcileMetrics::register(&mut registry, "ingress_controller");
-    let server = http::serve(args.metrics_addr, registry, health.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
+    let server = http::serve(
+        args.metrics_addr,
+        registry,
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
     tracing::info!(addr = %server.addr, "metrics and health");
     health.set_ready(true);
 
@@ -100,7 +107,12 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "ingress-controller".into());
     let resync = Duration::from_secs(args.resync_secs.max(10));
     let work = {
-        let (kube, shutdown, metrics, identity) = (kube.clone(), shutdown.clone(), metrics.clone(), identity.clone());
+        let (kube, shutdown, metrics, identity) = (
+            kube.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+            identity.clone(),
+        );
         move || {
             let (kube, lbs, settings, metrics, identity, shutdown) = (
                 kube.clone(),
@@ -112,7 +124,16 @@ async fn main() -> anyhow::Result<()> {
             );
             metrics.set_leader(true);
             async move {
-                ingress::run(kube, lbs, settings, metrics.clone(), Some(identity), resync, shutdown).await;
+                ingress::run(
+                    kube,
+                    lbs,
+                    settings,
+                    metrics.clone(),
+                    Some(identity),
+                    resync,
+                    shutdown,
+                )
+                .await;
                 metrics.set_leader(false);
             }
         }

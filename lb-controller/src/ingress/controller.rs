@@ -234,7 +234,11 @@ fn oref(ing: &Ingress) -> ObjectReference {
 
 /// Adds (`Some(key)`) or removes (`None`) the finalizer and the applied-LB
 /// record in one merge patch guarded by resourceVersion.
-async fn patch_meta(api: &Api<Ingress>, ing: &Ingress, key: Option<&LbKey>) -> Result<Ingress, Error> {
+async fn patch_meta(
+    api: &Api<Ingress>,
+    ing: &Ingress,
+    key: Option<&LbKey>,
+) -> Result<Ingress, Error> {
     let mut list: Vec<String> = ing
         .finalizers()
         .iter()
@@ -250,7 +254,11 @@ async fn patch_meta(api: &Api<Ingress>, ing: &Ingress, key: Option<&LbKey>) -> R
         "annotations": { APPLIED_LB: key.map(|k| json!(k.applied_value())).unwrap_or(Value::Null) },
     }});
     Ok(api
-        .patch(&ing.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .patch(
+            &ing.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
         .await?)
 }
 
@@ -340,7 +348,12 @@ async fn reconcile_inner(ing: &Ingress, ctx: &Ctx) -> Result<Action, Error> {
 
 /// The Ingress is being deleted or is no longer ours: take its rules off
 /// its LB, then let the finalizer go.
-async fn leave(ing: &Ingress, ctx: &Ctx, api: &Api<Ingress>, deleting: bool) -> Result<Action, Error> {
+async fn leave(
+    ing: &Ingress,
+    ctx: &Ctx,
+    api: &Api<Ingress>,
+    deleting: bool,
+) -> Result<Action, Error> {
     if !has_finalizer(ing) {
         return Ok(Action::await_change());
     }
@@ -376,26 +389,51 @@ async fn remove_from(ctx: &Ctx, key: &LbKey, ing: &Ingress) -> Result<(), Error>
     match ensure_lb(ctx, key, None, Some(ing)).await {
         Ok(None) => {
             ctx.events
-                .normal(&on, "DeletedLoadBalancer", "DeleteLoadBalancer", format!("Deleted load balancer of {}", key.owner(&ctx.settings.cluster_id)))
+                .normal(
+                    &on,
+                    "DeletedLoadBalancer",
+                    "DeleteLoadBalancer",
+                    format!(
+                        "Deleted load balancer of {}",
+                        key.owner(&ctx.settings.cluster_id)
+                    ),
+                )
                 .await;
             Ok(())
         }
         Ok(Some(_)) => {
             ctx.events
-                .normal(&on, "LeftLoadBalancerGroup", "DeleteLoadBalancer", "Rules removed from the group's load balancer".into())
+                .normal(
+                    &on,
+                    "LeftLoadBalancerGroup",
+                    "DeleteLoadBalancer",
+                    "Rules removed from the group's load balancer".into(),
+                )
                 .await;
             Ok(())
         }
         Err(Error::Invalid(e)) => {
             tracing::warn!(ingress = %key_of(ing), error = %e, "group cannot be re-ensured without this ingress; releasing it anyway");
             ctx.events
-                .warning(&on, "GroupInvalid", "DeleteLoadBalancer", format!("Rules stay on the group's load balancer until the group is fixed: {e}"))
+                .warning(
+                    &on,
+                    "GroupInvalid",
+                    "DeleteLoadBalancer",
+                    format!(
+                        "Rules stay on the group's load balancer until the group is fixed: {e}"
+                    ),
+                )
                 .await;
             Ok(())
         }
         Err(e) => {
             ctx.events
-                .warning(&on, "DeleteLoadBalancerFailed", "DeleteLoadBalancer", format!("Error removing rules from the load balancer: {e}"))
+                .warning(
+                    &on,
+                    "DeleteLoadBalancerFailed",
+                    "DeleteLoadBalancer",
+                    format!("Error removing rules from the load balancer: {e}"),
+                )
                 .await;
             Err(e)
         }
@@ -404,9 +442,18 @@ async fn remove_from(ctx: &Ctx, key: &LbKey, ing: &Ingress) -> Result<(), Error>
 
 /// Members of `key` from the store (ours, finalized, not being deleted),
 /// with `include` replacing its stored copy and `exclude` left out.
-fn members(ctx: &Ctx, key: &LbKey, include: Option<&Ingress>, exclude: Option<&Ingress>) -> Vec<Ingress> {
+fn members(
+    ctx: &Ctx,
+    key: &LbKey,
+    include: Option<&Ingress>,
+    exclude: Option<&Ingress>,
+) -> Vec<Ingress> {
     let uid = |i: &Ingress| i.uid().unwrap_or_else(|| key_of(i));
-    let skip: Vec<String> = include.iter().chain(exclude.iter()).map(|i| uid(i)).collect();
+    let skip: Vec<String> = include
+        .iter()
+        .chain(exclude.iter())
+        .map(|i| uid(i))
+        .collect();
     let classes = all(&ctx.stores.classes);
     let mut out: Vec<Ingress> = match key {
         // A plain Ingress's LB has exactly one member.
@@ -462,7 +509,9 @@ async fn ensure_lb(
     };
     for n in &t.notices {
         if let Some(m) = members.iter().find(|m| key_of(m) == n.object) {
-            ctx.events.warning(&oref(m), n.reason, "EnsureLoadBalancer", n.message.clone()).await;
+            ctx.events
+                .warning(&oref(m), n.reason, "EnsureLoadBalancer", n.message.clone())
+                .await;
         }
     }
     let trigger = include.or(exclude).unwrap_or(&members[0]);
@@ -470,7 +519,12 @@ async fn ensure_lb(
         Ok(s) => s,
         Err(e) => {
             ctx.events
-                .warning(&oref(trigger), "SyncLoadBalancerFailed", "EnsureLoadBalancer", format!("Error syncing load balancer: {e}"))
+                .warning(
+                    &oref(trigger),
+                    "SyncLoadBalancerFailed",
+                    "EnsureLoadBalancer",
+                    format!("Error syncing load balancer: {e}"),
+                )
                 .await;
             return Err(e.into());
         }
@@ -479,7 +533,16 @@ async fn ensure_lb(
         let fresh = status_ips(m) != status.addresses;
         if status.operations > 0 || fresh {
             ctx.events
-                .normal(&oref(m), "EnsuredLoadBalancer", "EnsureLoadBalancer", format!("Ensured load balancer {} at {}", status.lb_id, status.addresses.join(", ")))
+                .normal(
+                    &oref(m),
+                    "EnsuredLoadBalancer",
+                    "EnsureLoadBalancer",
+                    format!(
+                        "Ensured load balancer {} at {}",
+                        status.lb_id,
+                        status.addresses.join(", ")
+                    ),
+                )
                 .await;
         }
         if fresh {
@@ -491,7 +554,12 @@ async fn ensure_lb(
 
 async fn invalid(ctx: &Ctx, ing: &Ingress, e: TranslateError) -> Error {
     ctx.events
-        .warning(&oref(ing), "InvalidIngress", "EnsureLoadBalancer", e.to_string())
+        .warning(
+            &oref(ing),
+            "InvalidIngress",
+            "EnsureLoadBalancer",
+            e.to_string(),
+        )
         .await;
     Error::Invalid(e)
 }
@@ -504,7 +572,11 @@ async fn invalid_in(ctx: &Ctx, members: &[Ingress], e: TranslateError) -> Error 
 }
 
 /// Ingresses of `ns` whose backends (default or per path) name Service `svc`.
-fn referencing_service(store: &Store<Ingress>, ns: Option<String>, svc: &str) -> Vec<ObjectRef<Ingress>> {
+fn referencing_service(
+    store: &Store<Ingress>,
+    ns: Option<String>,
+    svc: &str,
+) -> Vec<ObjectRef<Ingress>> {
     store
         .state()
         .iter()
@@ -547,10 +619,13 @@ pub async fn run(
     let (secrets, secret_w) = reflector::store::<Secret>();
 
     // Class changes and changes of the eligible node set touch every Ingress.
-    let class_trigger = reflector::reflector(class_w, watcher(Api::<IngressClass>::all(kube.clone()), cfg()))
-        .default_backoff()
-        .touched_objects()
-        .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    let class_trigger = reflector::reflector(
+        class_w,
+        watcher(Api::<IngressClass>::all(kube.clone()), cfg()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
     let provider = settings.provider_name.clone();
     let node_store = nodes.clone();
     let mut last = None;
@@ -573,14 +648,20 @@ pub async fn run(
                 .for_each(|_| futures::future::ready(())),
         ),
         tokio::spawn(
-            reflector::reflector(slice_w, watcher(Api::<EndpointSlice>::all(kube.clone()), cfg()))
-                .default_backoff()
-                .for_each(|_| futures::future::ready(())),
+            reflector::reflector(
+                slice_w,
+                watcher(Api::<EndpointSlice>::all(kube.clone()), cfg()),
+            )
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
         ),
         tokio::spawn(
-            reflector::reflector(secret_w, watcher(Api::<Secret>::all(kube.clone()), tls_only()))
-                .default_backoff()
-                .for_each(|_| futures::future::ready(())),
+            reflector::reflector(
+                secret_w,
+                watcher(Api::<Secret>::all(kube.clone()), tls_only()),
+            )
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
         ),
     ];
 
@@ -594,37 +675,53 @@ pub async fn run(
         nodes,
         secrets,
     };
-    let ctx = Arc::new(Ctx::new(kube.clone(), lbs, settings, stores, metrics, identity, resync));
+    let ctx = Arc::new(Ctx::new(
+        kube.clone(),
+        lbs,
+        settings,
+        stores,
+        metrics,
+        identity,
+        resync,
+    ));
     let (s1, s2, s3) = (ing_store.clone(), ing_store.clone(), ing_store.clone());
     controller
         .reconcile_all_on(class_trigger)
         .reconcile_all_on(node_trigger)
-        .watches(Api::<Service>::all(kube.clone()), cfg(), move |s: Service| {
-            referencing_service(&s1, s.namespace(), &s.name_any())
-        })
-        .watches(Api::<EndpointSlice>::all(kube.clone()), cfg(), move |s: EndpointSlice| {
-            match s.labels().get("kubernetes.io/service-name") {
+        .watches(
+            Api::<Service>::all(kube.clone()),
+            cfg(),
+            move |s: Service| referencing_service(&s1, s.namespace(), &s.name_any()),
+        )
+        .watches(
+            Api::<EndpointSlice>::all(kube.clone()),
+            cfg(),
+            move |s: EndpointSlice| match s.labels().get("kubernetes.io/service-name") {
                 Some(svc) => referencing_service(&s2, s.namespace(), svc),
                 None => Vec::new(),
-            }
-        })
-        .watches(Api::<Secret>::all(kube.clone()), tls_only(), move |s: Secret| {
-            let name = s.name_any();
-            let ns = s.namespace();
-            let refs = s3
-                .state()
-                .iter()
-                .filter(|i| i.namespace() == ns)
-                .filter(|i| {
-                    i.spec
-                        .as_ref()
-                        .and_then(|sp| sp.tls.as_ref())
-                        .is_some_and(|t| t.iter().any(|t| t.secret_name.as_deref() == Some(&name)))
-                })
-                .map(|i| ObjectRef::from_obj(&**i))
-                .collect::<Vec<_>>();
-            refs
-        })
+            },
+        )
+        .watches(
+            Api::<Secret>::all(kube.clone()),
+            tls_only(),
+            move |s: Secret| {
+                let name = s.name_any();
+                let ns = s.namespace();
+                s3.state()
+                    .iter()
+                    .filter(|i| i.namespace() == ns)
+                    .filter(|i| {
+                        i.spec
+                            .as_ref()
+                            .and_then(|sp| sp.tls.as_ref())
+                            .is_some_and(|t| {
+                                t.iter().any(|t| t.secret_name.as_deref() == Some(&name))
+                            })
+                    })
+                    .map(|i| ObjectRef::from_obj(&**i))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(async move { shutdown.wait().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

@@ -21,4 +21,4 @@ mod tests;
 
 pub use annotations::{CONTROLLER_NAME, FINALIZER};
 pub use controller::{Ctx, Error, Stores, reconcile, run};
-pub use translate::{LbKey, Settings, Snapshot, Translation, TranslateError, translate};
+pub use translate::{LbKey, Settings, Snapshot, TranslateError, Translation, translate};

@@ -27,7 +27,10 @@ fn class(name: &str, controller: &str, default: bool) -> IngressClass {
     } else {
         json!({})
     };
-    serde_json::from_value(json!({"metadata": {"name": name, "annotations": ann}, "spec": {"controller": controller}})).unwrap()
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "annotations": ann}, "spec": {"controller": controller}}),
+    )
+    .unwrap()
 }
 
 fn service(name: &str, node_port: i32) -> Service {
@@ -91,7 +94,11 @@ impl World {
         World {
             services: vec![service("a", 30001), service("b", 30002)],
             slices: vec![slice("a", &["10.0.0.1", "10.0.0.2"], 8080)],
-            nodes: vec![node("n1", "i-1", true), node("n2", "i-2", false), node("n3", "i-3", true)],
+            nodes: vec![
+                node("n1", "i-1", true),
+                node("n2", "i-2", false),
+                node("n3", "i-3", true),
+            ],
             secrets: vec![tls_secret("s1", CRT)],
         }
     }
@@ -110,7 +117,12 @@ fn settings() -> Settings {
 }
 
 fn one(ing: &Ingress, w: &World) -> Result<Translation, TranslateError> {
-    translate(&lb_key(ing).unwrap(), std::slice::from_ref(ing), &w.snap(), &settings())
+    translate(
+        &lb_key(ing).unwrap(),
+        std::slice::from_ref(ing),
+        &w.snap(),
+        &settings(),
+    )
 }
 
 #[test]
@@ -124,12 +136,32 @@ fn path_type_matrix_maps_to_rule_forms() {
         // A trailing slash of a Prefix path is ignored by Kubernetes.
         (Some("/foo/"), "Prefix", Ok(("/foo", PathMatch::Prefix))),
         (Some("/"), "Prefix", Ok(("/", PathMatch::Prefix))),
-        (Some("/foo"), "ImplementationSpecific", Ok(("/foo", PathMatch::StringPrefix))),
-        (None, "ImplementationSpecific", Ok(("/", PathMatch::StringPrefix))),
-        (Some("foo"), "Prefix", Err("spec.rules[0].http.paths[0].path")),
+        (
+            Some("/foo"),
+            "ImplementationSpecific",
+            Ok(("/foo", PathMatch::StringPrefix)),
+        ),
+        (
+            None,
+            "ImplementationSpecific",
+            Ok(("/", PathMatch::StringPrefix)),
+        ),
+        (
+            Some("foo"),
+            "Prefix",
+            Err("spec.rules[0].http.paths[0].path"),
+        ),
         (None, "Exact", Err("spec.rules[0].http.paths[0].path")),
-        (Some("/a b"), "Exact", Err("spec.rules[0].http.paths[0].path")),
-        (Some("/foo"), "Regex", Err("spec.rules[0].http.paths[0].pathType")),
+        (
+            Some("/a b"),
+            "Exact",
+            Err("spec.rules[0].http.paths[0].path"),
+        ),
+        (
+            Some("/foo"),
+            "Regex",
+            Err("spec.rules[0].http.paths[0].pathType"),
+        ),
     ];
     for (p, ty, want) in cases {
         let got = path_rule(&i, f, p, ty);
@@ -164,8 +196,11 @@ fn hosts_paths_and_backends_translate() {
     assert_eq!((l.port, l.protocol), (80, Protocol::Http));
     assert!(l.forwardfor);
     assert!(l.default_backends.is_empty());
-    let forms: Vec<(Option<&str>, String)> =
-        l.rules.iter().map(|r| (r.host.as_deref(), r.url_rule().unwrap())).collect();
+    let forms: Vec<(Option<&str>, String)> = l
+        .rules
+        .iter()
+        .map(|r| (r.host.as_deref(), r.url_rule().unwrap()))
+        .collect();
     assert_eq!(
         forms,
         vec![
@@ -176,9 +211,20 @@ fn hosts_paths_and_backends_translate() {
         ]
     );
     // Node backends: only Ready nodes, on the Service's node port.
-    let prefix = l.rules.iter().find(|r| r.url_rule().as_deref() == Some("~/foo")).unwrap();
-    let targets: Vec<_> = prefix.backends.iter().map(|b| (b.target.resource_id(), b.port)).collect();
-    assert_eq!(targets, vec![("i-1".to_string(), 30001), ("i-3".to_string(), 30001)]);
+    let prefix = l
+        .rules
+        .iter()
+        .find(|r| r.url_rule().as_deref() == Some("~/foo"))
+        .unwrap();
+    let targets: Vec<_> = prefix
+        .backends
+        .iter()
+        .map(|b| (b.target.resource_id(), b.port))
+        .collect();
+    assert_eq!(
+        targets,
+        vec![("i-1".to_string(), 30001), ("i-3".to_string(), 30001)]
+    );
     assert!(t.notices.is_empty(), "{:?}", t.notices);
 }
 
@@ -191,7 +237,11 @@ fn pod_backends_use_endpoint_slices() {
         json!({ann::BACKEND_TYPE: "pod"}),
     );
     let d = one(&i, &w).unwrap().desired;
-    let b: Vec<_> = d.listeners[0].default_backends.iter().map(|b| (b.target.clone(), b.port)).collect();
+    let b: Vec<_> = d.listeners[0]
+        .default_backends
+        .iter()
+        .map(|b| (b.target.clone(), b.port))
+        .collect();
     assert_eq!(
         b,
         vec![
@@ -199,7 +249,11 @@ fn pod_backends_use_endpoint_slices() {
             (BackendTarget::Ip("10.0.0.2".parse().unwrap()), 8080)
         ]
     );
-    let bad = ingress("web", json!({"defaultBackend": backend("a")}), json!({ann::BACKEND_TYPE: "pods"}));
+    let bad = ingress(
+        "web",
+        json!({"defaultBackend": backend("a")}),
+        json!({ann::BACKEND_TYPE: "pods"}),
+    );
     assert_eq!(one(&bad, &w).unwrap_err().field, ann::BACKEND_TYPE);
 }
 
@@ -214,20 +268,38 @@ fn missing_service_is_a_notice_not_an_error() {
     let t = one(&i, &w).unwrap();
     assert!(t.desired.listeners[0].rules[0].backends.is_empty());
     assert_eq!(t.notices[0].reason, "BackendNotFound");
-    assert!(t.notices[0].message.contains("spec.rules[0].http.paths[0].backend"), "{}", t.notices[0].message);
+    assert!(
+        t.notices[0]
+            .message
+            .contains("spec.rules[0].http.paths[0].backend"),
+        "{}",
+        t.notices[0].message
+    );
     // A ClusterIP Service has no node port: same treatment, with the reason.
     let mut w2 = World::new();
     w2.services[0].spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
-    w2.services[0].spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = None;
+    w2.services[0]
+        .spec
+        .as_mut()
+        .unwrap()
+        .ports
+        .as_mut()
+        .unwrap()[0]
+        .node_port = None;
     let i = ingress("web", json!({"defaultBackend": backend("a")}), json!({}));
     let t = one(&i, &w2).unwrap();
-    assert!(t.notices[0].message.contains("ClusterIP"), "{}", t.notices[0].message);
+    assert!(
+        t.notices[0].message.contains("ClusterIP"),
+        "{}",
+        t.notices[0].message
+    );
 }
 
 #[test]
 fn tls_binds_certificates_and_missing_secret_is_a_notice() {
     let mut w = World::new();
-    w.secrets.push(tls_secret("s2", &CRT.replace("MIIB", "MIIC")));
+    w.secrets
+        .push(tls_secret("s2", &CRT.replace("MIIB", "MIIC")));
     let i = ingress(
         "web",
         json!({
@@ -246,12 +318,19 @@ fn tls_binds_certificates_and_missing_secret_is_a_notice() {
     assert_eq!((https.port, https.protocol), (443, Protocol::Https));
     assert_eq!(https.certificates.len(), 2, "s1 twice is uploaded once");
     assert_eq!(https.certificates[0].name, "default/s1");
-    assert_eq!(https.rules, d.listeners[0].rules, "same routes on both listeners");
+    assert_eq!(
+        https.rules, d.listeners[0].rules,
+        "same routes on both listeners"
+    );
     assert_eq!(t.notices.len(), 1);
     assert_eq!(t.notices[0].reason, "SecretNotFound");
     assert!(t.notices[0].message.contains("spec.tls[3].secretName"));
     // Only missing Secrets: no HTTPS listener at all, HTTP still served.
-    let i = ingress("web", json!({"tls": [{"secretName": "gone"}], "defaultBackend": backend("a")}), json!({}));
+    let i = ingress(
+        "web",
+        json!({"tls": [{"secretName": "gone"}], "defaultBackend": backend("a")}),
+        json!({}),
+    );
     assert_eq!(one(&i, &w).unwrap().desired.listeners.len(), 1);
     // A Secret of the wrong type names the field.
     let mut w3 = World::new();
@@ -263,7 +342,11 @@ fn tls_binds_certificates_and_missing_secret_is_a_notice() {
 #[test]
 fn rotation_changes_the_certificate_fingerprint() {
     let w = World::new();
-    let i = ingress("web", json!({"tls": [{"secretName": "s1"}], "defaultBackend": backend("a")}), json!({}));
+    let i = ingress(
+        "web",
+        json!({"tls": [{"secretName": "s1"}], "defaultBackend": backend("a")}),
+        json!({}),
+    );
     let before = one(&i, &w).unwrap().desired.listeners[1].certificates[0].fingerprint();
     let mut w2 = World::new();
     w2.secrets = vec![tls_secret("s1", &CRT.replace("MIIB", "MIID"))];
@@ -281,7 +364,13 @@ fn ssl_redirect_keeps_tls_hosts_off_plain_http() {
     });
     let i = ingress("web", spec.clone(), json!({ann::SSL_REDIRECT: "true"}));
     let d = one(&i, &w).unwrap().desired;
-    let hosts = |l: usize| d.listeners[l].rules.iter().map(|r| r.host.clone().unwrap()).collect::<Vec<_>>();
+    let hosts = |l: usize| {
+        d.listeners[l]
+            .rules
+            .iter()
+            .map(|r| r.host.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(hosts(0), vec!["b.example.com"]);
     assert_eq!(hosts(1), vec!["a.example.com", "b.example.com"]);
     let i = ingress("web", spec.clone(), json!({ann::SSL_REDIRECT: "false"}));
@@ -297,12 +386,24 @@ fn annotation_errors_name_the_annotation() {
     let cases = [
         (json!({ann::NETWORK_TYPE: "dmz"}), ann::NETWORK_TYPE),
         (json!({ann::NETWORK_TYPE: "internal"}), ann::VXNET_ID),
-        (json!({ann::NETWORK_TYPE: "internal", ann::VXNET_ID: "vxnet-1", ann::PRIVATE_IP: "x"}), ann::PRIVATE_IP),
-        (json!({ann::NETWORK_TYPE: "internal", ann::VXNET_ID: "vxnet-1", ann::EIP_IDS: "eip-1"}), ann::EIP_IDS),
+        (
+            json!({ann::NETWORK_TYPE: "internal", ann::VXNET_ID: "vxnet-1", ann::PRIVATE_IP: "x"}),
+            ann::PRIVATE_IP,
+        ),
+        (
+            json!({ann::NETWORK_TYPE: "internal", ann::VXNET_ID: "vxnet-1", ann::EIP_IDS: "eip-1"}),
+            ann::EIP_IDS,
+        ),
         (json!({ann::EIP_IDS: "lb-1"}), ann::EIP_IDS),
-        (json!({ann::EIP_IDS: "eip-1", ann::EIP_BANDWIDTH: "5"}), ann::EIP_BANDWIDTH),
+        (
+            json!({ann::EIP_IDS: "eip-1", ann::EIP_BANDWIDTH: "5"}),
+            ann::EIP_BANDWIDTH,
+        ),
         (json!({ann::EIP_BANDWIDTH: "0"}), ann::EIP_BANDWIDTH),
-        (json!({ann::SOURCE_RANGES: "10.0.0.0/8,banana"}), ann::SOURCE_RANGES),
+        (
+            json!({ann::SOURCE_RANGES: "10.0.0.0/8,banana"}),
+            ann::SOURCE_RANGES,
+        ),
         (json!({ann::LB_TYPE: "7"}), ann::LB_TYPE),
         (json!({ann::GROUP_ORDER: "1e3"}), ann::GROUP_ORDER),
     ];
@@ -326,16 +427,40 @@ fn annotation_errors_name_the_annotation() {
 fn network_annotations_translate() {
     let w = World::new();
     let base = json!({"defaultBackend": backend("a")});
-    let i = ingress("web", base.clone(), json!({ann::EIP_IDS: "eip-1, eip-2", ann::SOURCE_RANGES: "10.1.2.3/8,0.0.0.0/0,1.2.3.4"}));
+    let i = ingress(
+        "web",
+        base.clone(),
+        json!({ann::EIP_IDS: "eip-1, eip-2", ann::SOURCE_RANGES: "10.1.2.3/8,0.0.0.0/0,1.2.3.4"}),
+    );
     let d = one(&i, &w).unwrap().desired;
-    assert_eq!(d.network, LbNetwork::Public { eip: EipSource::Existing(vec!["eip-1".into(), "eip-2".into()]) });
-    assert_eq!(d.source_ranges, vec!["1.2.3.4/32".to_string(), "10.0.0.0/8".to_string()]);
+    assert_eq!(
+        d.network,
+        LbNetwork::Public {
+            eip: EipSource::Existing(vec!["eip-1".into(), "eip-2".into()])
+        }
+    );
+    assert_eq!(
+        d.source_ranges,
+        vec!["1.2.3.4/32".to_string(), "10.0.0.0/8".to_string()]
+    );
     let i = ingress("web", base.clone(), json!({ann::EIP_BANDWIDTH: "20"}));
-    assert_eq!(one(&i, &w).unwrap().desired.network, LbNetwork::Public { eip: EipSource::Allocate { bandwidth: 20 } });
-    let i = ingress("web", base, json!({ann::NETWORK_TYPE: "internal", ann::VXNET_ID: "vxnet-9", ann::PRIVATE_IP: "172.30.1.9"}));
     assert_eq!(
         one(&i, &w).unwrap().desired.network,
-        LbNetwork::Internal { vxnet: "vxnet-9".into(), private_ip: Some("172.30.1.9".parse().unwrap()) }
+        LbNetwork::Public {
+            eip: EipSource::Allocate { bandwidth: 20 }
+        }
+    );
+    let i = ingress(
+        "web",
+        base,
+        json!({ann::NETWORK_TYPE: "internal", ann::VXNET_ID: "vxnet-9", ann::PRIVATE_IP: "172.30.1.9"}),
+    );
+    assert_eq!(
+        one(&i, &w).unwrap().desired.network,
+        LbNetwork::Internal {
+            vxnet: "vxnet-9".into(),
+            private_ip: Some("172.30.1.9".parse().unwrap())
+        }
     );
 }
 
@@ -349,7 +474,11 @@ fn classes_select_ingresses() {
     let by_name = ingress("a", json!({"ingressClassName": "cs"}), json!({}));
     let by_other = ingress("a", json!({"ingressClassName": "nginx"}), json!({}));
     let legacy = ingress("a", json!({}), json!({ann::LEGACY_CLASS: "cs"}));
-    let legacy_ctl = ingress("a", json!({}), json!({ann::LEGACY_CLASS: ann::CONTROLLER_NAME}));
+    let legacy_ctl = ingress(
+        "a",
+        json!({}),
+        json!({ann::LEGACY_CLASS: ann::CONTROLLER_NAME}),
+    );
     let legacy_other = ingress("a", json!({}), json!({ann::LEGACY_CLASS: "nginx"}));
     let none = ingress("a", json!({}), json!({}));
     let classes = vec![ours.clone(), nginx.clone()];
@@ -361,9 +490,16 @@ fn classes_select_ingresses() {
     assert!(!is_ours(&none, &classes, c), "no default class");
     assert!(is_ours(&none, &[ours_default.clone(), nginx.clone()], c));
     assert!(!is_ours(&none, &[ours.clone(), nginx_default.clone()], c));
-    assert!(!is_ours(&none, &[ours_default, nginx_default], c), "two defaults: ambiguous");
+    assert!(
+        !is_ours(&none, &[ours_default, nginx_default], c),
+        "two defaults: ambiguous"
+    );
     // An ingressClassName naming a class that does not exist is nobody's.
-    assert!(!is_ours(&ingress("a", json!({"ingressClassName": "gone"}), json!({})), &classes, c));
+    assert!(!is_ours(
+        &ingress("a", json!({"ingressClassName": "gone"}), json!({})),
+        &classes,
+        c
+    ));
 }
 
 fn member(name: &str, order: Option<&str>, created: &str, rules: Value) -> Ingress {
@@ -372,7 +508,9 @@ fn member(name: &str, order: Option<&str>, created: &str, rules: Value) -> Ingre
         a[ann::GROUP_ORDER] = json!(o);
     }
     let mut i = ingress(name, json!({"rules": rules}), a);
-    i.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()));
+    i.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        created.parse().unwrap(),
+    ));
     i
 }
 
@@ -387,7 +525,15 @@ fn group_precedence_and_conflicts() {
     let mut ms = vec![new.clone(), same_time.clone(), old.clone(), first.clone()];
     sort_by_precedence(&mut ms).unwrap();
     let names: Vec<String> = ms.iter().map(key_of).collect();
-    assert_eq!(names, vec!["default/zfirst", "default/old", "default/aaa", "default/new"]);
+    assert_eq!(
+        names,
+        vec![
+            "default/zfirst",
+            "default/old",
+            "default/aaa",
+            "default/new"
+        ]
+    );
 
     let key = lb_key(&old).unwrap();
     assert_eq!(key, LbKey::Group("shared".into()));
@@ -398,13 +544,20 @@ fn group_precedence_and_conflicts() {
     assert_eq!(t.desired.owner.namespace, "");
     let rules = &t.desired.listeners[0].rules;
     // /api from the older Ingress wins; each keeps its own Exact path.
-    let api = rules.iter().find(|r| r.url_rule().as_deref() == Some("~/api")).unwrap();
+    let api = rules
+        .iter()
+        .find(|r| r.url_rule().as_deref() == Some("~/api"))
+        .unwrap();
     assert_eq!(api.backends[0].port, 30001);
     assert_eq!(rules.len(), 3);
     assert_eq!(t.notices.len(), 1);
     assert_eq!(t.notices[0].object, "default/new");
     assert_eq!(t.notices[0].reason, "RuleConflict");
-    assert!(t.notices[0].message.contains("default/old"), "{}", t.notices[0].message);
+    assert!(
+        t.notices[0].message.contains("default/old"),
+        "{}",
+        t.notices[0].message
+    );
     // The group owner is stable whatever the members.
     assert_eq!(key.owner("c1"), LbKey::Group("shared".into()).owner("c1"));
     assert!(key.owner("c1").validate().is_ok());
@@ -417,14 +570,31 @@ fn group_default_backend_and_settings_from_first_member() {
     a.spec.as_mut().unwrap().default_backend = Some(serde_json::from_value(backend("a")).unwrap());
     let mut b = member("b", Some("0"), "2024-01-01T00:00:00Z", json!([]));
     b.spec.as_mut().unwrap().default_backend = Some(serde_json::from_value(backend("b")).unwrap());
-    b.metadata.annotations.as_mut().unwrap().insert(ann::SOURCE_RANGES.into(), "10.0.0.0/8".into());
+    b.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(ann::SOURCE_RANGES.into(), "10.0.0.0/8".into());
     let mut ms = vec![a, b];
     sort_by_precedence(&mut ms).unwrap();
     let t = translate(&LbKey::Group("shared".into()), &ms, &w.snap(), &settings()).unwrap();
-    assert_eq!(t.desired.listeners[0].default_backends[0].port, 30002, "b has the lower order");
+    assert_eq!(
+        t.desired.listeners[0].default_backends[0].port, 30002,
+        "b has the lower order"
+    );
     assert_eq!(t.desired.source_ranges, vec!["10.0.0.0/8".to_string()]);
-    let reasons: Vec<_> = t.notices.iter().map(|n| (n.object.as_str(), n.reason)).collect();
-    assert_eq!(reasons, vec![("default/a", "GroupSettingIgnored"), ("default/a", "RuleConflict")]);
+    let reasons: Vec<_> = t
+        .notices
+        .iter()
+        .map(|n| (n.object.as_str(), n.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("default/a", "GroupSettingIgnored"),
+            ("default/a", "RuleConflict")
+        ]
+    );
 }
 
 #[test]
@@ -438,7 +608,11 @@ fn duplicate_rule_in_one_ingress_is_reported() {
     let t = one(&i, &w).unwrap();
     assert_eq!(t.desired.listeners[0].rules.len(), 1);
     assert_eq!(t.notices[0].reason, "RuleConflict");
-    assert!(t.notices[0].message.starts_with("spec.rules[0].http.paths[1]"));
+    assert!(
+        t.notices[0]
+            .message
+            .starts_with("spec.rules[0].http.paths[1]")
+    );
 }
 
 #[test]
@@ -454,10 +628,23 @@ fn applied_key_round_trips() {
 #[test]
 fn eligible_nodes_need_ready_and_our_provider_id() {
     let mut tainted = node("t", "i-9", true);
-    tainted.spec.as_mut().unwrap().taints = Some(vec![serde_json::from_value(json!({"key": "node.cloudprovider.kubernetes.io/shutdown", "effect": "NoSchedule"})).unwrap()]);
+    tainted.spec.as_mut().unwrap().taints = Some(vec![
+        serde_json::from_value(
+            json!({"key": "node.cloudprovider.kubernetes.io/shutdown", "effect": "NoSchedule"}),
+        )
+        .unwrap(),
+    ]);
     let mut foreign = node("f", "i-8", true);
     foreign.spec.as_mut().unwrap().provider_id = Some("aws:///us-east-1a/i-8".into());
-    let nodes = vec![node("n1", "i-1", true), node("n2", "i-2", false), tainted, foreign];
+    let nodes = vec![
+        node("n1", "i-1", true),
+        node("n2", "i-2", false),
+        tainted,
+        foreign,
+    ];
     let e = eligible_nodes(&nodes, "cloudsuite");
-    assert_eq!(e.into_iter().collect::<Vec<_>>(), vec![("n1".to_string(), "i-1".to_string())]);
+    assert_eq!(
+        e.into_iter().collect::<Vec<_>>(),
+        vec![("n1".to_string(), "i-1".to_string())]
+    );
 }

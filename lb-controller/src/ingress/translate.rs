@@ -25,8 +25,8 @@ use kube::ResourceExt;
 
 use super::annotations as ann;
 use crate::model::{
-    BackendTarget, DesiredBackend, DesiredCert, DesiredLb, DesiredListener, DesiredRule,
-    EipSource, LbNetwork, LbOwner, OwnerKind, PathMatch, Protocol,
+    BackendTarget, DesiredBackend, DesiredCert, DesiredLb, DesiredListener, DesiredRule, EipSource,
+    LbNetwork, LbOwner, OwnerKind, PathMatch, Protocol,
 };
 
 /// Plain HTTP listener port.
@@ -147,7 +147,11 @@ pub fn is_ours(ing: &Ingress, classes: &[IngressClass], controller: &str) -> boo
             .iter()
             .any(|c| c.name_any() == name && class_is_ours(c, controller))
     };
-    if let Some(name) = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
+    if let Some(name) = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+    {
         return named(name);
     }
     if let Some(name) = annotation(ing, ann::LEGACY_CLASS) {
@@ -259,7 +263,13 @@ pub fn group_order(ing: &Ingress) -> Result<i32, TranslateError> {
             .parse::<i32>()
             .ok()
             .filter(|o| (-1000..=1000).contains(o))
-            .ok_or_else(|| terr(ing, ann::GROUP_ORDER, format!("{v:?}: expected -1000..1000"))),
+            .ok_or_else(|| {
+                terr(
+                    ing,
+                    ann::GROUP_ORDER,
+                    format!("{v:?}: expected -1000..1000"),
+                )
+            }),
     }
 }
 
@@ -381,11 +391,14 @@ fn resolve_backend(
         .as_ref()
         .and_then(|s| s.ports.as_deref())
         .unwrap_or(&[]);
-    let Some(sp) = ports.iter().find(|p| match (&port_ref.number, &port_ref.name) {
-        (Some(n), _) => p.port == *n,
-        (None, Some(name)) => p.name.as_deref() == Some(name.as_str()),
-        _ => false,
-    }) else {
+    let Some(sp) = ports
+        .iter()
+        .find(|p| match (&port_ref.number, &port_ref.name) {
+            (Some(n), _) => p.port == *n,
+            (None, Some(name)) => p.name.as_deref() == Some(name.as_str()),
+            _ => false,
+        })
+    else {
         return missing(format!(
             "Service {ns}/{} has no port {}",
             sb.name,
@@ -531,7 +544,11 @@ pub fn path_rule(
     }
 }
 
-fn host_rule(ing: &Ingress, field: &str, host: Option<&str>) -> Result<Option<String>, TranslateError> {
+fn host_rule(
+    ing: &Ingress,
+    field: &str,
+    host: Option<&str>,
+) -> Result<Option<String>, TranslateError> {
     let Some(h) = host.map(str::trim).filter(|h| !h.is_empty()) else {
         return Ok(None);
     };
@@ -594,10 +611,18 @@ pub fn cert_from_secret(
         pem_key: get("tls.key")?,
     };
     if !cert.pem_chain.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(terr(ing, field, format!("Secret {name}: tls.crt is not a PEM certificate")));
+        return Err(terr(
+            ing,
+            field,
+            format!("Secret {name}: tls.crt is not a PEM certificate"),
+        ));
     }
     if !cert.pem_key.contains("PRIVATE KEY-----") {
-        return Err(terr(ing, field, format!("Secret {name}: tls.key is not a PEM private key")));
+        return Err(terr(
+            ing,
+            field,
+            format!("Secret {name}: tls.key is not a PEM private key"),
+        ));
     }
     Ok(cert)
 }
@@ -617,7 +642,11 @@ fn backend_mode(ing: &Ingress) -> Result<BackendMode, TranslateError> {
     match annotation(ing, ann::BACKEND_TYPE) {
         None | Some("node") => Ok(BackendMode::Node),
         Some("pod") => Ok(BackendMode::Pod),
-        Some(v) => Err(terr(ing, ann::BACKEND_TYPE, format!("{v:?}: expected node or pod"))),
+        Some(v) => Err(terr(
+            ing,
+            ann::BACKEND_TYPE,
+            format!("{v:?}: expected node or pod"),
+        )),
     }
 }
 
@@ -640,18 +669,27 @@ struct LbSettings {
 fn lb_settings(ing: &Ingress, s: &Settings) -> Result<LbSettings, TranslateError> {
     let network = match annotation(ing, ann::NETWORK_TYPE) {
         None | Some("public") => {
-            let ids = annotation(ing, ann::EIP_IDS).map(comma_list).unwrap_or_default();
+            let ids = annotation(ing, ann::EIP_IDS)
+                .map(comma_list)
+                .unwrap_or_default();
             if !ids.is_empty() {
                 if annotation(ing, ann::EIP_BANDWIDTH).is_some() {
                     return Err(terr(
                         ing,
                         ann::EIP_BANDWIDTH,
-                        format!("only applies to an allocated EIP, not with {}", ann::EIP_IDS),
+                        format!(
+                            "only applies to an allocated EIP, not with {}",
+                            ann::EIP_IDS
+                        ),
                     ));
                 }
                 for id in &ids {
                     if !id.starts_with("eip-") || id.contains([' ', '/']) {
-                        return Err(terr(ing, ann::EIP_IDS, format!("{id:?} is not an EIP id (eip-xxxx)")));
+                        return Err(terr(
+                            ing,
+                            ann::EIP_IDS,
+                            format!("{id:?} is not an EIP id (eip-xxxx)"),
+                        ));
                     }
                 }
                 LbNetwork::Public {
@@ -664,7 +702,13 @@ fn lb_settings(ing: &Ingress, s: &Settings) -> Result<LbSettings, TranslateError
                         .parse::<u32>()
                         .ok()
                         .filter(|b| (1..=1000).contains(b))
-                        .ok_or_else(|| terr(ing, ann::EIP_BANDWIDTH, format!("{b:?}: expected 1..1000 Mbps")))?,
+                        .ok_or_else(|| {
+                            terr(
+                                ing,
+                                ann::EIP_BANDWIDTH,
+                                format!("{b:?}: expected 1..1000 Mbps"),
+                            )
+                        })?,
                 };
                 LbNetwork::Public {
                     eip: EipSource::Allocate { bandwidth },
@@ -689,20 +733,31 @@ fn lb_settings(ing: &Ingress, s: &Settings) -> Result<LbSettings, TranslateError
                 })?;
             let private_ip = annotation(ing, ann::PRIVATE_IP)
                 .map(|v| {
-                    v.parse::<Ipv4Addr>()
-                        .map_err(|_| terr(ing, ann::PRIVATE_IP, format!("{v:?} is not an IPv4 address")))
+                    v.parse::<Ipv4Addr>().map_err(|_| {
+                        terr(
+                            ing,
+                            ann::PRIVATE_IP,
+                            format!("{v:?} is not an IPv4 address"),
+                        )
+                    })
                 })
                 .transpose()?;
             LbNetwork::Internal { vxnet, private_ip }
         }
         Some(v) => {
-            return Err(terr(ing, ann::NETWORK_TYPE, format!("{v:?}: expected public or internal")));
+            return Err(terr(
+                ing,
+                ann::NETWORK_TYPE,
+                format!("{v:?}: expected public or internal"),
+            ));
         }
     };
     let mut source_ranges = Vec::new();
-    for r in annotation(ing, ann::SOURCE_RANGES).map(comma_list).unwrap_or_default() {
-        let c = crate::model::canonical_cidr(&r)
-            .map_err(|e| terr(ing, ann::SOURCE_RANGES, e))?;
+    for r in annotation(ing, ann::SOURCE_RANGES)
+        .map(comma_list)
+        .unwrap_or_default()
+    {
+        let c = crate::model::canonical_cidr(&r).map_err(|e| terr(ing, ann::SOURCE_RANGES, e))?;
         // 0.0.0.0/0 admits everyone: the same as no restriction.
         if c != "0.0.0.0/0" && !source_ranges.contains(&c) {
             source_ranges.push(c);
@@ -790,11 +845,22 @@ pub fn translate(
         let mode = backend_mode(ing)?;
         let redirect = parse_bool(ing, ann::SSL_REDIRECT)?;
         group_order(ing)?;
-        let spec = ing.spec.as_ref().ok_or_else(|| terr(ing, "spec", "missing"))?;
+        let spec = ing
+            .spec
+            .as_ref()
+            .ok_or_else(|| terr(ing, "spec", "missing"))?;
         let ns = ing.namespace().unwrap_or_default();
 
         if let Some(db) = &spec.default_backend {
-            let backends = resolve_backend(ing, "spec.defaultBackend", db, mode, snap, &instances, &mut notices)?;
+            let backends = resolve_backend(
+                ing,
+                "spec.defaultBackend",
+                db,
+                mode,
+                snap,
+                &instances,
+                &mut notices,
+            )?;
             match &default_backends {
                 None => default_backends = Some((backends, who.clone())),
                 Some((_, winner)) => notices.push(Notice {
@@ -814,16 +880,25 @@ pub fn translate(
             for (j, p) in http.paths.iter().enumerate() {
                 let pf = format!("{rf}.http.paths[{j}]");
                 let (path, path_match) = path_rule(ing, &pf, p.path.as_deref(), &p.path_type)?;
-                let backends = resolve_backend(ing, &format!("{pf}.backend"), &p.backend, mode, snap, &instances, &mut notices)?;
+                let backends = resolve_backend(
+                    ing,
+                    &format!("{pf}.backend"),
+                    &p.backend,
+                    mode,
+                    snap,
+                    &instances,
+                    &mut notices,
+                )?;
                 let rule = DesiredRule {
                     host: host.clone(),
                     path_prefix: Some(path),
                     path_match,
                     backends,
                 };
-                if let Some(win) = rules.iter().find(|e| {
-                    e.rule.host == rule.host && e.rule.url_rule() == rule.url_rule()
-                }) {
+                if let Some(win) = rules
+                    .iter()
+                    .find(|e| e.rule.host == rule.host && e.rule.url_rule() == rule.url_rule())
+                {
                     notices.push(Notice {
                         object: who.clone(),
                         reason: "RuleConflict",
@@ -850,7 +925,12 @@ pub fn translate(
 
         for (i, t) in spec.tls.iter().flatten().enumerate() {
             let tf = format!("spec.tls[{i}]");
-            let hosts: Vec<String> = t.hosts.iter().flatten().map(|h| h.trim().to_string()).collect();
+            let hosts: Vec<String> = t
+                .hosts
+                .iter()
+                .flatten()
+                .map(|h| h.trim().to_string())
+                .collect();
             for (k, h) in hosts.iter().enumerate() {
                 host_rule(ing, &format!("{tf}.hosts[{k}]"), Some(h))?;
             }
@@ -858,7 +938,10 @@ pub fn translate(
                 notices.push(Notice {
                     object: who.clone(),
                     reason: "SecretNotFound",
-                    message: format!("{tf}.secretName is empty: no certificate for {}", hosts.join(", ")),
+                    message: format!(
+                        "{tf}.secretName is empty: no certificate for {}",
+                        hosts.join(", ")
+                    ),
                 });
                 continue;
             };
@@ -886,8 +969,18 @@ pub fn translate(
 
     // Deterministic order (the data plane ranks by specificity, not order).
     rules.sort_by(|a, b| {
-        (a.rule.host.is_none(), &a.rule.host, std::cmp::Reverse(a.rule.path_prefix.as_ref().map(String::len)), a.rule.url_rule())
-            .cmp(&(b.rule.host.is_none(), &b.rule.host, std::cmp::Reverse(b.rule.path_prefix.as_ref().map(String::len)), b.rule.url_rule()))
+        (
+            a.rule.host.is_none(),
+            &a.rule.host,
+            std::cmp::Reverse(a.rule.path_prefix.as_ref().map(String::len)),
+            a.rule.url_rule(),
+        )
+            .cmp(&(
+                b.rule.host.is_none(),
+                &b.rule.host,
+                std::cmp::Reverse(b.rule.path_prefix.as_ref().map(String::len)),
+                b.rule.url_rule(),
+            ))
     });
     let all_rules: Vec<DesiredRule> = rules.into_iter().map(|e| e.rule).collect();
     let default_backends = default_backends.map(|(b, _)| b).unwrap_or_default();

@@ -65,9 +65,14 @@ pub fn iaas_client(emu: &Emulator) -> Client {
 
 /// A permissive mock API server: records every request and answers it
 /// (PATCH/GET with a minimal Ingress of the path's name, POST by echoing).
-pub fn mock_kube(
-    emu: Arc<Emulator>,
-) -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Arc<Mutex<BTreeMap<String, Value>>>) {
+/// Requests seen and canned GET answers of the mock API.
+pub type MockState = (
+    kube::Client,
+    Arc<Mutex<Vec<Seen>>>,
+    Arc<Mutex<BTreeMap<String, Value>>>,
+);
+
+pub fn mock_kube(emu: Arc<Emulator>) -> MockState {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let gets: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
@@ -85,7 +90,11 @@ pub fn mock_kube(
                 body: body.clone(),
                 cloud_calls,
             });
-            let name = path.rsplit('/').find(|p| *p != "status").unwrap_or("x").to_string();
+            let name = path
+                .rsplit('/')
+                .find(|p| *p != "status")
+                .unwrap_or("x")
+                .to_string();
             let reply = if method == "POST" {
                 body
             } else if let Some(v) = g.lock().unwrap().get(&path) {
@@ -260,7 +269,10 @@ impl World {
         // One slice per distinct port (an EndpointSlice has one port list).
         let mut by_port: BTreeMap<u16, Vec<String>> = BTreeMap::new();
         for p in pods {
-            by_port.entry(p.port()).or_default().push(p.ip().to_string());
+            by_port
+                .entry(p.port())
+                .or_default()
+                .push(p.ip().to_string());
         }
         for (i, (port, ips)) in by_port.into_iter().enumerate() {
             self.slices.push(
@@ -278,7 +290,8 @@ impl World {
     pub fn set_secret(&mut self, name: &str, pem_chain: &str, pem_key: &str) {
         use base64::Engine as _;
         let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        self.secrets.retain(|s| s.metadata.name.as_deref() != Some(name));
+        self.secrets
+            .retain(|s| s.metadata.name.as_deref() != Some(name));
         self.secrets.push(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "default"},
@@ -289,8 +302,9 @@ impl World {
         );
     }
     pub fn put(&mut self, ing: &Ingress) {
-        self.ingresses
-            .retain(|i| i.metadata.name != ing.metadata.name || i.metadata.namespace != ing.metadata.namespace);
+        self.ingresses.retain(|i| {
+            i.metadata.name != ing.metadata.name || i.metadata.namespace != ing.metadata.namespace
+        });
         self.ingresses.push(ing.clone());
     }
 }
@@ -362,12 +376,16 @@ impl Drop for Backend {
 }
 
 pub async fn backend(ip: &str, name: &str) -> Backend {
-    let l = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let l = tokio::net::TcpListener::bind(format!("{ip}:0"))
+        .await
+        .unwrap();
     let addr = l.local_addr().unwrap();
     let n = name.to_string();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let n = n.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -384,7 +402,9 @@ pub async fn backend(ip: &str, name: &str) -> Backend {
                     head.lines()
                         .find_map(|l| {
                             let (k, v) = l.split_once(':')?;
-                            k.trim().eq_ignore_ascii_case(h).then(|| v.trim().to_string())
+                            k.trim()
+                                .eq_ignore_ascii_case(h)
+                                .then(|| v.trim().to_string())
                         })
                         .unwrap_or_default()
                 };
@@ -422,7 +442,9 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     path: &str,
 ) -> Result<(u16, String), String> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).to_string();
@@ -431,7 +453,10 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -454,7 +479,9 @@ pub async fn https_get(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
     let tls = conn.connect(name, tcp).await.map_err(|e| e.to_string())?;
     exchange(tls, host, path).await
@@ -482,7 +509,8 @@ impl Ca {
     pub fn leaf(&self, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -493,7 +521,11 @@ pub fn status_ip(seen: &[Seen], name: &str) -> Option<String> {
     seen.iter()
         .rev()
         .find(|s| s.method == "PATCH" && s.path.ends_with(&format!("/ingresses/{name}/status")))
-        .and_then(|s| s.body["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().map(str::to_string))
+        .and_then(|s| {
+            s.body["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(str::to_string)
+        })
 }
 
 /// Polls `f` until it returns true (proxies apply asynchronously after the job).

@@ -74,7 +74,14 @@ fn bench_signing() -> (f64, f64) {
     let t = Instant::now();
     let mut sink = 0usize;
     for _ in 0..n {
-        sink += sign::signed_query("SECRETKEY", SignatureMethod::HmacSha256, "GET", sign::QC_URI, &params).len();
+        sink += sign::signed_query(
+            "SECRETKEY",
+            SignatureMethod::HmacSha256,
+            "GET",
+            sign::QC_URI,
+            &params,
+        )
+        .len();
     }
     let v1 = t.elapsed().as_nanos() as f64 / n as f64;
     let payload = br#"{"Limit": 1, "Filters": [{"Values": ["x"], "Name": "instance-name"}]}"#;
@@ -147,10 +154,18 @@ where
 fn run_peer(python: &Path, creds: &Path, n: usize) -> Option<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peer_qingcloud_sdk.py");
     if !python.exists() {
-        eprintln!("peer skipped: {} not found (run bench/setup-peers.sh)", python.display());
+        eprintln!(
+            "peer skipped: {} not found (run bench/setup-peers.sh)",
+            python.display()
+        );
         return None;
     }
-    let out = std::process::Command::new(python).arg(script).arg(creds).arg(n.to_string()).output().ok()?;
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(creds)
+        .arg(n.to_string())
+        .output()
+        .ok()?;
     if !out.status.success() {
         eprintln!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;
@@ -194,7 +209,11 @@ async fn main() -> anyhow::Result<()> {
     let describe_seq = sequential(args.iterations, || {
         let c = c.clone();
         async move {
-            c.describe_instances(&DescribeInstances { limit: Some(20), ..Default::default() }).await?;
+            c.describe_instances(&DescribeInstances {
+                limit: Some(20),
+                ..Default::default()
+            })
+            .await?;
             Ok(())
         }
     })
@@ -203,7 +222,11 @@ async fn main() -> anyhow::Result<()> {
     let describe_par = concurrent(args.iterations * 2, args.concurrency, move || {
         let c = c.clone();
         async move {
-            c.describe_instances(&DescribeInstances { limit: Some(20), ..Default::default() }).await?;
+            c.describe_instances(&DescribeInstances {
+                limit: Some(20),
+                ..Default::default()
+            })
+            .await?;
             Ok(())
         }
     })
@@ -212,7 +235,12 @@ async fn main() -> anyhow::Result<()> {
     let create_seq = sequential(args.iterations / 2, || {
         let c = c.clone();
         async move {
-            c.create_volumes(&CreateVolumes { size: 10, volume_name: Some("bench".into()), ..Default::default() }).await?;
+            c.create_volumes(&CreateVolumes {
+                size: 10,
+                volume_name: Some("bench".into()),
+                ..Default::default()
+            })
+            .await?;
             Ok(())
         }
     })
@@ -221,36 +249,80 @@ async fn main() -> anyhow::Result<()> {
     let create_par = concurrent(args.iterations, args.concurrency, move || {
         let c = c.clone();
         async move {
-            c.create_volumes(&CreateVolumes { size: 10, volume_name: Some("bench".into()), ..Default::default() }).await?;
+            c.create_volumes(&CreateVolumes {
+                size: 10,
+                volume_name: Some("bench".into()),
+                ..Default::default()
+            })
+            .await?;
             Ok(())
         }
     })
     .await?;
 
-    let peer = run_peer(&args.peer_python, &emulator.credentials_file(), args.iterations / 2);
+    let peer = run_peer(
+        &args.peer_python,
+        &emulator.credentials_file(),
+        args.iterations / 2,
+    );
     emulator.shutdown().await;
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     println!("### IaaS client and emulator");
     println!();
-    println!("Machine: {} cores, {cpu}. Emulator in-process on loopback, job delay 0, store fsync per write.", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "Machine: {} cores, {cpu}. Emulator in-process on loopback, job delay 0, store fsync per write.",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!();
-    println!("| measurement | ours p50 / p99 | ours throughput | peer (qingcloud-sdk, Python) p50 / p99, throughput |");
+    println!(
+        "| measurement | ours p50 / p99 | ours throughput | peer (qingcloud-sdk, Python) p50 / p99, throughput |"
+    );
     println!("|---|---|---|---|");
     let pd = peer.as_ref().map(|p| &p["describe"]);
     let pc = peer.as_ref().map(|p| &p["create"]);
     println!("{}", row("DescribeInstances, 1 caller", describe_seq, pd));
-    println!("{}", row(&format!("DescribeInstances, {} callers", args.concurrency), describe_par, None));
+    println!(
+        "{}",
+        row(
+            &format!("DescribeInstances, {} callers", args.concurrency),
+            describe_par,
+            None
+        )
+    );
     println!("{}", row("CreateVolumes, 1 caller", create_seq, pc));
-    println!("{}", row(&format!("CreateVolumes, {} callers", args.concurrency), create_par, None));
+    println!(
+        "{}",
+        row(
+            &format!("CreateVolumes, {} callers", args.concurrency),
+            create_par,
+            None
+        )
+    );
     println!();
     println!("| signing cost per request | ours | peer (qingcloud-sdk, Python) |");
     println!("|---|---|---|");
-    let peer_sign = peer.as_ref().and_then(|p| p["sign_ns"].as_f64()).map(|ns| format!("{:.1} µs", ns / 1000.0)).unwrap_or_else(|| "not run".into());
-    println!("| QingCloud v1 HmacSHA256, 19 params (canonicalise + sign + encode) | {:.1} µs | {peer_sign} |", v1_ns / 1000.0);
-    println!("| Tencent TC3-HMAC-SHA256 (hash payload + 4 HMACs) | {:.1} µs | - |", tc3_ns / 1000.0);
+    let peer_sign = peer
+        .as_ref()
+        .and_then(|p| p["sign_ns"].as_f64())
+        .map(|ns| format!("{:.1} µs", ns / 1000.0))
+        .unwrap_or_else(|| "not run".into());
+    println!(
+        "| QingCloud v1 HmacSHA256, 19 params (canonicalise + sign + encode) | {:.1} µs | {peer_sign} |",
+        v1_ns / 1000.0
+    );
+    println!(
+        "| Tencent TC3-HMAC-SHA256 (hash payload + 4 HMACs) | {:.1} µs | - |",
+        tc3_ns / 1000.0
+    );
     Ok(())
 }

@@ -23,12 +23,17 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let temp = tempfile::tempdir()?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
 
     println!("cloudsuite walk: every component against the embedded IaaS emulator");
@@ -41,7 +46,12 @@ async fn main() -> anyhow::Result<()> {
         config.eip_pool = iaas_emulator::dataplane::PUBLIC_EIP_POOL.to_string();
     }
     let emulator = Emulator::start(config).await?;
-    println!("emulator: {} zone {} (data dir {})", emulator.endpoint(), emulator.zone(), dir.display());
+    println!(
+        "emulator: {} zone {} (data dir {})",
+        emulator.endpoint(),
+        emulator.zone(),
+        dir.display()
+    );
     for line in &lines {
         println!("  {line}");
     }
@@ -60,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
 
     if iaas_emulator::dataplane::disk::supported() {
         let node = client
-            .describe_instances_all(&iaas_client::actions::DescribeInstances { status: vec!["running".into()], ..Default::default() })
+            .describe_instances_all(&iaas_client::actions::DescribeInstances {
+                status: vec!["running".into()],
+                ..Default::default()
+            })
             .await?
             .into_iter()
             .next()
@@ -86,7 +99,10 @@ async fn main() -> anyhow::Result<()> {
         }
     } else {
         walk.section("CSI: block disks through the driver's gRPC socket");
-        walk.skip("volume lifecycle", "needs root and losetup (disks are loop devices)");
+        walk.skip(
+            "volume lifecycle",
+            "needs root and losetup (disks are loop devices)",
+        );
     }
 
     if iaas_emulator::dataplane::network::supported() {
@@ -107,11 +123,18 @@ async fn main() -> anyhow::Result<()> {
         }
     } else {
         walk.section("CNI: pods on two nodes, routed by the VPC");
-        walk.skip("pods across nodes", "needs root and iproute2 (instances are network namespaces)");
+        walk.skip(
+            "pods across nodes",
+            "needs root and iproute2 (instances are network namespaces)",
+        );
     }
 
     walk.section("Teardown");
-    walk.step("the cloud is back to its seed: nothing leaked", suite_tests::iaas_walk::final_leak_check(&client)).await;
+    walk.step(
+        "the cloud is back to its seed: nothing leaked",
+        suite_tests::iaas_walk::final_leak_check(&client),
+    )
+    .await;
 
     print!("{}", walk.summary());
     let stats = emulator.stats();

@@ -773,7 +773,10 @@ impl Drop for ProxyLbDriver {
 /// what a cloud's edge does for them). Idempotent.
 fn answer_for_addresses(ns: &std::path::Path, addrs: &[IpAddr]) -> DpResult<()> {
     let Some(name) = ns.file_name().and_then(|n| n.to_str()) else {
-        return Err(DataPlaneError(format!("bad namespace path {}", ns.display())));
+        return Err(DataPlaneError(format!(
+            "bad namespace path {}",
+            ns.display()
+        )));
     };
     for ip in addrs.iter().filter(|ip| !ip.is_loopback()) {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };

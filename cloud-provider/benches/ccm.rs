@@ -514,7 +514,7 @@ async fn run(
     let resync_line = "service resync";
     let done0 = until(
         "a resync",
-        Duration::from_secs(args.resync_secs * 3 + 60),
+        Duration::from_secs(args.resync_secs * 3 + 900),
         Duration::from_millis(50),
         &mut ccm,
         || {
@@ -525,7 +525,7 @@ async fn run(
     .await?;
     until(
         "next resync",
-        Duration::from_secs(args.resync_secs * 3 + 60),
+        Duration::from_secs(args.resync_secs * 3 + 900),
         Duration::from_millis(20),
         &mut ccm,
         || {
@@ -539,7 +539,7 @@ async fn run(
     let window = Instant::now();
     until(
         "two idle resyncs",
-        Duration::from_secs(args.resync_secs * 3 + 120),
+        Duration::from_secs(args.resync_secs * 3 + 900),
         Duration::from_millis(20),
         &mut ccm,
         || {

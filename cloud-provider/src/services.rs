@@ -647,6 +647,40 @@ pub struct ServiceCtx {
     pub ctx: Arc<Context>,
     /// Reflected inputs.
     pub inputs: ServiceInputs,
+    /// Services being reconciled right now.
+    pub in_flight: InFlight,
+}
+
+/// Per-Service exclusion between the work queue and the periodic resync.
+///
+/// Without it a resync tick landing while the queue creates or updates a
+/// Service's load balancer makes a second writer on the same LB: measured
+/// with the real binary, it re-added a listener the queue had just added
+/// (2110 already_exists), and it could create a second LB for a Service
+/// whose first is not yet observable. The queue waits for the lock; the
+/// resync skips busy Services (the queue is reconciling them anyway).
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl InFlight {
+    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop entries nobody holds or waits for (only the map refers to
+        // them; new references are only made under this lock), so the map
+        // does not grow with every Service ever seen.
+        map.retain(|_, m| Arc::strong_count(m) > 1);
+        map.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Waits for exclusive access to the Service `key`.
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.entry(key).lock_owned().await
+    }
+
+    /// Exclusive access to `key` if no one else has it now.
+    pub fn try_lock(&self, key: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.entry(key).try_lock_owned().ok()
+    }
 }
 
 fn has_finalizer(svc: &Service) -> bool {
@@ -751,6 +785,7 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
             slices,
             resync,
         },
+        in_flight: InFlight::default(),
     });
     let resync_task = {
         let sctx = sctx.clone();
@@ -766,7 +801,12 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
                 }
                 match resync_all(&sctx).await {
                     Ok(r) => {
-                        tracing::debug!(ensured = r.ensured, failed = r.failed, "service resync")
+                        tracing::debug!(
+                            ensured = r.ensured,
+                            failed = r.failed,
+                            skipped = r.skipped,
+                            "service resync"
+                        )
                     }
                     Err(e) => tracing::warn!(error = %e, "service resync failed"),
                 }
@@ -817,6 +857,7 @@ pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Actio
     let ctx = &sctx.ctx;
     let ns = svc.namespace().unwrap_or_default();
     let key = format!("service/{ns}/{}", svc.name_any());
+    let _exclusive = sctx.in_flight.lock(&key).await;
     let api: Api<Service> = Api::namespaced(ctx.kube.clone(), &ns);
     let oref = svc.object_ref(&());
     let ours = is_ours(&svc, &ctx.config.load_balancer_class);
@@ -1007,6 +1048,8 @@ pub struct ResyncReport {
     pub ensured: usize,
     /// Services whose ensure (or translation) failed.
     pub failed: usize,
+    /// Services skipped because the work queue was reconciling them.
+    pub skipped: usize,
 }
 
 /// Re-ensures every LoadBalancer Service we own in one batch: one Service
@@ -1029,7 +1072,22 @@ pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
         .collect();
     let mut report = ResyncReport::default();
     let mut batch: Vec<(Service, DesiredLb)> = Vec::new();
+    // Held until the outcomes are recorded; Services the queue is working on
+    // are left to it.
+    let mut guards = Vec::new();
     for s in services {
+        let key = format!(
+            "service/{}/{}",
+            s.namespace().unwrap_or_default(),
+            s.name_any()
+        );
+        match sctx.in_flight.try_lock(&key) {
+            Some(g) => guards.push(g),
+            None => {
+                report.skipped += 1;
+                continue;
+            }
+        }
         match desired_for(&s, sctx).await {
             Ok(d) => batch.push((s, d)),
             Err(e) => {
@@ -1052,5 +1110,28 @@ pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
             }
         }
     }
+    drop(guards);
     Ok(report)
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::InFlight;
+
+    #[tokio::test]
+    async fn resync_skips_what_the_queue_holds_and_the_map_is_pruned() {
+        let f = InFlight::default();
+        let held = f.lock("service/default/a").await;
+        assert!(
+            f.try_lock("service/default/a").is_none(),
+            "held by the queue"
+        );
+        let other = f.try_lock("service/default/b").expect("free key");
+        drop(held);
+        drop(other);
+        assert!(f.try_lock("service/default/a").is_some(), "free again");
+        // Only the key just asked for remains; released ones were pruned.
+        let _c = f.try_lock("service/default/c").unwrap();
+        assert_eq!(f.0.lock().unwrap().len(), 1);
+    }
 }

@@ -389,6 +389,7 @@ async fn service_ctx(cloud: &Cloud, kube: kube::Client) -> Arc<ServiceCtx> {
             slices,
             resync: Duration::from_secs(300),
         },
+        in_flight: services::InFlight::default(),
     })
 }
 
@@ -618,7 +619,8 @@ async fn batched_resync_of_many_services_makes_only_describes() {
         report,
         services::ResyncReport {
             ensured: N,
-            failed: 0
+            failed: 0,
+            skipped: 0,
         }
     );
     let stats = cloud.emu.stats();

@@ -868,9 +868,13 @@ async fn terminate(client: &Client, c: &mut Created) -> anyhow::Result<String> {
     Ok(format!("{id} terminated"))
 }
 
-/// Every resource whose name starts with [`WALK_PREFIX`] (live ones only).
-pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
-    let search = Some(WALK_PREFIX.to_string());
+/// Live resources in the cloud, optionally only those whose name starts with
+/// `prefix` (the walk's own); the seed (router, vxnet, instances, default
+/// security group) is never listed, and instances only with a prefix.
+async fn live_resources(client: &Client, prefix: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let search = prefix.map(str::to_string);
+    let named = |name: &str| prefix.is_none_or(|p| name.starts_with(p));
+    let live = |s: &str| !matches!(s, "deleted" | "ceased" | "released" | "terminated");
     let mut left = Vec::new();
     for v in client
         .describe_volumes_all(&DescribeVolumes {
@@ -879,7 +883,7 @@ pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
         })
         .await?
     {
-        if !matches!(v.status.as_str(), "deleted" | "ceased") {
+        if live(&v.status) && named(&v.volume_name) {
             left.push(format!("volume {} ({})", v.volume_id, v.status));
         }
     }
@@ -890,7 +894,7 @@ pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
         })
         .await?
     {
-        if !matches!(s.status.as_str(), "deleted" | "ceased") {
+        if live(&s.status) && named(&s.snapshot_name) {
             left.push(format!("snapshot {} ({})", s.snapshot_id, s.status));
         }
     }
@@ -901,7 +905,7 @@ pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
         })
         .await?
     {
-        if !matches!(l.status.as_str(), "deleted" | "ceased") {
+        if live(&l.status) && named(&l.loadbalancer_name) {
             left.push(format!("loadbalancer {} ({})", l.loadbalancer_id, l.status));
         }
     }
@@ -912,7 +916,7 @@ pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
         })
         .await?
     {
-        if e.status != "released" {
+        if live(&e.status) && named(&e.eip_name) {
             left.push(format!("eip {} ({})", e.eip_id, e.status));
         }
     }
@@ -923,16 +927,28 @@ pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
         })
         .await?
     {
-        left.push(format!("security group {}", g.security_group_id));
+        if g.is_default == 0 && named(&g.security_group_name) {
+            left.push(format!("security group {}", g.security_group_id));
+        }
     }
-    for s in client
+    for c in client
         .describe_server_certificates_all(&DescribeServerCertificates {
             search_word: search.clone(),
             ..Default::default()
         })
         .await?
     {
-        left.push(format!("server certificate {}", s.server_certificate_id));
+        if named(&c.server_certificate_name) {
+            left.push(format!("server certificate {}", c.server_certificate_id));
+        }
+    }
+    for p in client
+        .describe_load_balancer_policies_all(&DescribeLoadBalancerPolicies::default())
+        .await?
+    {
+        if named(&p.loadbalancer_policy_name) {
+            left.push(format!("policy {}", p.loadbalancer_policy_id));
+        }
     }
     for t in client
         .describe_tags_all(&DescribeTags {
@@ -941,28 +957,37 @@ pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
         })
         .await?
     {
-        left.push(format!("tag {}", t.tag_id));
+        if named(&t.tag_name) {
+            left.push(format!("tag {}", t.tag_id));
+        }
     }
     for s in client
         .describe_router_statics_all(&DescribeRouterStatics::default())
         .await?
     {
-        if s.router_static_name.starts_with(WALK_PREFIX) {
+        if named(&s.router_static_name) {
             left.push(format!("router static {}", s.router_static_id));
         }
     }
-    for i in client
-        .describe_instances_all(&DescribeInstances {
-            search_word: search,
-            ..Default::default()
-        })
-        .await?
-    {
-        if !matches!(i.status.as_str(), "terminated" | "ceased") {
-            left.push(format!("instance {} ({})", i.instance_id, i.status));
+    if prefix.is_some() {
+        for i in client
+            .describe_instances_all(&DescribeInstances {
+                search_word: search,
+                ..Default::default()
+            })
+            .await?
+        {
+            if live(&i.status) && named(&i.instance_name) {
+                left.push(format!("instance {} ({})", i.instance_id, i.status));
+            }
         }
     }
     Ok(left)
+}
+
+/// Every live resource whose name starts with [`WALK_PREFIX`].
+pub async fn leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
+    live_resources(client, Some(WALK_PREFIX)).await
 }
 
 async fn leak_check(client: &Client) -> anyhow::Result<String> {
@@ -980,67 +1005,7 @@ async fn leak_check(client: &Client) -> anyhow::Result<String> {
 /// router, vxnet, instances and default security group): what a finished
 /// walk must leave empty.
 pub async fn cloud_leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
-    let mut left = Vec::new();
-    let live = |s: &str| !matches!(s, "deleted" | "ceased" | "released");
-    for v in client
-        .describe_volumes_all(&DescribeVolumes::default())
-        .await?
-    {
-        if live(&v.status) {
-            left.push(format!("volume {}", v.volume_id));
-        }
-    }
-    for s in client
-        .describe_snapshots_all(&DescribeSnapshots::default())
-        .await?
-    {
-        if live(&s.status) {
-            left.push(format!("snapshot {}", s.snapshot_id));
-        }
-    }
-    for l in client
-        .describe_load_balancers_all(&DescribeLoadBalancers::default())
-        .await?
-    {
-        if live(&l.status) {
-            left.push(format!("loadbalancer {}", l.loadbalancer_id));
-        }
-    }
-    for e in client.describe_eips_all(&DescribeEips::default()).await? {
-        if live(&e.status) {
-            left.push(format!("eip {}", e.eip_id));
-        }
-    }
-    for g in client
-        .describe_security_groups_all(&DescribeSecurityGroups::default())
-        .await?
-    {
-        if g.is_default == 0 {
-            left.push(format!("security group {}", g.security_group_id));
-        }
-    }
-    for c in client
-        .describe_server_certificates_all(&DescribeServerCertificates::default())
-        .await?
-    {
-        left.push(format!("certificate {}", c.server_certificate_id));
-    }
-    for p in client
-        .describe_load_balancer_policies_all(&DescribeLoadBalancerPolicies::default())
-        .await?
-    {
-        left.push(format!("policy {}", p.loadbalancer_policy_id));
-    }
-    for t in client.describe_tags_all(&DescribeTags::default()).await? {
-        left.push(format!("tag {}", t.tag_id));
-    }
-    for s in client
-        .describe_router_statics_all(&DescribeRouterStatics::default())
-        .await?
-    {
-        left.push(format!("router static {}", s.router_static_id));
-    }
-    Ok(left)
+    live_resources(client, None).await
 }
 
 /// The walk's last step: the whole cloud is back to its seed.

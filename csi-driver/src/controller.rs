@@ -328,6 +328,22 @@ impl ControllerService {
             .map(|_| ())
     }
 
+    /// Waits for a delete job; the resource being gone already (at the call
+    /// or while the job runs) is success, as CSI deletes are idempotent.
+    async fn delete_job(
+        &self,
+        started: std::result::Result<iaas_client::actions::JobOutput, iaas_client::Error>,
+    ) -> Result<()> {
+        match started {
+            Ok(out) => match self.wait(&out.job_id).await {
+                Err(Error::Cloud(e)) if e.is_not_found() => Ok(()),
+                other => other,
+            },
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(Error::from(e)),
+        }
+    }
+
     /// Waits for a volume that exists but is still being created.
     async fn settled_volume(&self, id: &str) -> Result<Volume> {
         let deadline = tokio::time::Instant::now() + self.cfg.job_timeout;
@@ -630,18 +646,11 @@ impl Controller for ControllerService {
             ))
             .into());
         }
-        match self
+        let started = self
             .client
             .delete_volumes(&DeleteVolumes::new([v.volume_id.clone()]))
-            .await
-        {
-            Ok(out) => match self.wait(&out.job_id).await {
-                Err(Error::Cloud(e)) if e.is_not_found() => {}
-                other => other?,
-            },
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(Error::from(e).into()),
-        }
+            .await;
+        self.delete_job(started).await?;
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
 
@@ -977,18 +986,11 @@ impl Controller for ControllerService {
         if self.snapshot(&req.snapshot_id).await?.is_none() {
             return Ok(Response::new(csi::DeleteSnapshotResponse {}));
         }
-        match self
+        let started = self
             .client
             .delete_snapshots(&DeleteSnapshots::new([req.snapshot_id.clone()]))
-            .await
-        {
-            Ok(out) => match self.wait(&out.job_id).await {
-                Err(Error::Cloud(e)) if e.is_not_found() => {}
-                other => other?,
-            },
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(Error::from(e).into()),
-        }
+            .await;
+        self.delete_job(started).await?;
         Ok(Response::new(csi::DeleteSnapshotResponse {}))
     }
 

@@ -16,6 +16,7 @@
 //! load_balancer_class: cloudsuite.io/lb
 //! default_eip_bandwidth: 10
 //! default_lb_type: 0
+//! rate_limit: { qps: 10, burst: 20 }  # IaaS calls of this process (default 10 qps, burst 20)
 //! ```
 
 use std::collections::BTreeSet;
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use iaas_client::config::RateLimitConfig;
 use iaas_client::{Config as IaasConfig, Credentials};
 use serde::Deserialize;
 use suite_runtime::config::ConfigError;
@@ -67,6 +69,8 @@ pub struct CloudConfigFile {
     pub default_eip_bandwidth: Option<u32>,
     /// LB size class.
     pub default_lb_type: Option<i32>,
+    /// Client-side rate limit of the IaaS calls (the cloud's quota is per account).
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// The validated cloud configuration.
@@ -268,6 +272,15 @@ pub fn build(
             format!("{default_lb_type}: must be 0..5"),
         ));
     }
+    if let Some(r) = file.rate_limit {
+        if r.qps == 0 {
+            return Err(bad("rate_limit.qps", "must be at least 1".into()));
+        }
+        if r.burst == 0 {
+            return Err(bad("rate_limit.burst", "must be at least 1".into()));
+        }
+        iaas.rate_limit = r;
+    }
     let region = nonempty(file.region).unwrap_or_else(|| zone.clone());
     Ok((
         CloudConfig {
@@ -407,6 +420,19 @@ mod tests {
         assert_eq!(c.load_balancer_class, DEFAULT_LB_CLASS);
         assert_eq!(i.endpoint, "http://127.0.0.1:9");
         assert_eq!(i.credentials.access_key_id, "AK");
+        assert_eq!(i.rate_limit, RateLimitConfig::default());
+        let (_, i) =
+            parse("zone: z\ncluster_id: c\nrate_limit: { qps: 200, burst: 400 }\n").unwrap();
+        assert_eq!(
+            i.rate_limit,
+            RateLimitConfig {
+                qps: 200,
+                burst: 400
+            }
+        );
+        // A missing key keeps its default.
+        let (_, i) = parse("zone: z\ncluster_id: c\nrate_limit: { qps: 50 }\n").unwrap();
+        assert_eq!(i.rate_limit, RateLimitConfig { qps: 50, burst: 20 });
     }
 
     #[test]
@@ -446,6 +472,15 @@ mod tests {
                 "credentials_dir",
             ),
             ("zone: z\ncluster_id: c\nbogus: 1\n", "bogus"),
+            (
+                "zone: z\ncluster_id: c\nrate_limit: { qps: 0 }\n",
+                "rate_limit.qps",
+            ),
+            (
+                "zone: z\ncluster_id: c\nrate_limit: { qps: 5, burst: 0 }\n",
+                "rate_limit.burst",
+            ),
+            ("zone: z\ncluster_id: c\nrate_limit: { qpm: 5 }\n", "qpm"),
         ];
         for (yaml, field) in cases {
             let e = parse(yaml).unwrap_err().to_string();

@@ -2,8 +2,13 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+// The suite's small runtime (two workers, capped malloc arenas): idle
+// footprint, see suite_runtime::runtime.
+fn main() -> std::process::ExitCode {
+    suite_runtime::runtime::block_on(run())
+}
+
+async fn run() -> std::process::ExitCode {
     let flags = cloud_provider::config::Flags::parse();
     if let Err(e) = suite_runtime::logging::init(flags.log_format, "info,kube=warn") {
         eprintln!("{e}");

@@ -1,10 +1,10 @@
 //! Route controller: one VPC route per node pod CIDR via the node's
 //! InternalIP, as router statics of type 9 on the configured router.
 //!
-//! Each sync reads the router's statics once, adds the missing routes in one
+//! Each sync reads the router's statics once, adds the missing routes with
 //! AddRouterStatics, deletes stale routes (only inside `cluster_cidr` and
-//! only ones this cluster owns, by name prefix) in one DeleteRouterStatics,
-//! applies both with one UpdateRouters, then sets `NetworkUnavailable=False`
+//! only ones this cluster owns, by name prefix) with DeleteRouterStatics
+//! (both [`STATICS_PER_CALL`] at a time), applies them with one UpdateRouters, then sets `NetworkUnavailable=False`
 //! (reason RouteCreated) on nodes whose routes exist. A sync where nothing
 //! changed makes no cloud writes and no Node writes.
 
@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use iaas_client::actions::{
-    AddRouterStatics, DeleteRouterStatics, DescribeRouterStatics, RouterStaticSpec, UpdateRouters,
+    AddRouterStatics, DeleteRouterStatics, DescribeRouterStatics, DescribeRouters,
+    RouterStaticSpec, UpdateRouters,
 };
 use iaas_client::model::{RouterStatic, STATIC_TYPE_ROUTE};
 use k8s_openapi::api::core::v1::Node;
@@ -30,6 +31,12 @@ use crate::provider;
 
 /// Controller name (metrics, logs).
 pub const NAME: &str = "route";
+
+/// Statics per AddRouterStatics / DeleteRouterStatics call. A request is
+/// limited to 4096 parameters and a route takes four (type, destination,
+/// next hop, name), so thousands of nodes need several calls; 100 matches
+/// the API's page size. One UpdateRouters still applies them all.
+pub const STATICS_PER_CALL: usize = 100;
 
 /// Name prefix of the routes cluster `cluster_id` owns.
 pub fn route_prefix(cluster_id: &str) -> String {
@@ -252,6 +259,20 @@ async fn watch_routing_inputs(kube: kube::Client, changed: Arc<tokio::sync::Noti
     }
 }
 
+/// True when the router holds changes not yet applied with UpdateRouters.
+async fn router_unapplied(ctx: &Context, router: &str) -> Result<bool, Error> {
+    let routers = ctx
+        .cloud
+        .describe_routers_all(&DescribeRouters {
+            routers: vec![router.to_string()],
+            ..Default::default()
+        })
+        .await?;
+    Ok(routers
+        .iter()
+        .any(|r| r.router_id == router && r.is_applied == 0))
+}
+
 /// One route sync; returns the plan it applied.
 pub async fn sync(ctx: &Context) -> Result<RoutePlan, Error> {
     let cfg = &ctx.config;
@@ -273,15 +294,26 @@ pub async fn sync(ctx: &Context) -> Result<RoutePlan, Error> {
     for (d, id) in &plan.conflicts {
         tracing::warn!(node = %d.node, cidr = %d.cidr, existing = %id, "pod CIDR already routed elsewhere by a static this cluster does not own; not touching it");
     }
+    // Statics added but never applied (a crash between AddRouterStatics and
+    // UpdateRouters) look present in the listing: the router's is_applied
+    // flag tells, so an otherwise idle sync still applies them.
+    let unapplied = plan.is_noop() && router_unapplied(ctx, router).await?;
+    if unapplied {
+        tracing::warn!(%router, "router has unapplied statics (an earlier sync stopped before UpdateRouters); applying them");
+        let job = ctx
+            .cloud
+            .update_routers(&UpdateRouters::new([router.clone()]))
+            .await?;
+        ctx.cloud.wait_job(&job.job_id, None).await?;
+    }
     if !plan.is_noop() {
-        if !plan.delete.is_empty() {
+        for ids in plan.delete.chunks(STATICS_PER_CALL) {
             ctx.cloud
-                .delete_router_statics(&DeleteRouterStatics::new(plan.delete.clone()))
+                .delete_router_statics(&DeleteRouterStatics::new(ids.to_vec()))
                 .await?;
         }
-        if !plan.add.is_empty() {
-            let statics = plan
-                .add
+        for routes in plan.add.chunks(STATICS_PER_CALL) {
+            let statics = routes
                 .iter()
                 .map(|d| {
                     RouterStaticSpec::route(

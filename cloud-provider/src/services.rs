@@ -32,7 +32,6 @@ use suite_runtime::Shutdown;
 use crate::annotations as ann;
 use crate::config::CloudConfig;
 use crate::context::{Context, Error};
-use crate::provider::{self, TAINT_SHUTDOWN, TAINT_UNINITIALIZED};
 
 /// Controller name (metrics, logs).
 pub const NAME: &str = "service";
@@ -241,22 +240,11 @@ pub fn cert_from_secret(secret: &Secret) -> Result<DesiredCert, TranslateError> 
 }
 
 /// Instance ids of the nodes that may receive LB traffic: Ready, not
-/// shutting down or uninitialised, not excluded by label, with our providerID.
+/// shutting down or uninitialised, not excluded by label, with our
+/// providerID. The one rule lives in lb-controller, shared with the
+/// Ingress controller.
 pub fn eligible_nodes(nodes: &[Node], provider_name: &str) -> BTreeMap<String, String> {
-    nodes
-        .iter()
-        .filter(|n| n.metadata.deletion_timestamp.is_none())
-        .filter(|n| provider::ready_status(n) == Some("True"))
-        .filter(|n| {
-            !provider::has_taint(n, TAINT_SHUTDOWN) && !provider::has_taint(n, TAINT_UNINITIALIZED)
-        })
-        .filter(|n| !n.labels().contains_key(ann::EXCLUDE_NODE_LABEL))
-        .filter_map(|n| {
-            let pid = n.spec.as_ref()?.provider_id.as_deref()?;
-            let (_, id) = provider::parse_provider_id(provider_name, pid)?;
-            Some((n.name_any(), id))
-        })
-        .collect()
+    lb_controller::nodes::eligible_nodes(nodes, provider_name)
 }
 
 fn slices_of<'a>(
@@ -649,6 +637,95 @@ pub struct ServiceCtx {
     pub inputs: ServiceInputs,
     /// Services being reconciled right now.
     pub in_flight: InFlight,
+    /// What the last successful ensure of each Service was.
+    pub ensured: Ensured,
+}
+
+impl ServiceCtx {
+    /// A context with no Service in flight or ensured yet.
+    pub fn new(ctx: Arc<Context>, inputs: ServiceInputs) -> Self {
+        ServiceCtx {
+            ctx,
+            inputs,
+            in_flight: InFlight::default(),
+            ensured: Ensured::default(),
+        }
+    }
+}
+
+/// The last successful ensure of each Service: its uid, a digest of the
+/// desired LB and the addresses written to its status.
+///
+/// A Service's watch event is mostly our own doing (the finalizer, the
+/// status write); re-ensuring then costs a full observation of the cloud
+/// (five Describe calls) to learn nothing. When the Service still
+/// translates to the same desired LB and shows the addresses we wrote, the
+/// work queue skips the cloud; the periodic resync still observes every
+/// LB, so drift in the cloud is repaired within one resync period. Only
+/// successes are remembered, so a failure is always retried for real.
+/// Clones share the map.
+#[derive(Debug, Clone, Default)]
+pub struct Ensured(Arc<std::sync::Mutex<BTreeMap<String, EnsuredEntry>>>);
+
+/// One Service's entry in [`Ensured`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsuredEntry {
+    /// The Service's uid (a re-created Service is a new owner).
+    pub uid: String,
+    /// [`desired_digest`] of the desired LB.
+    pub digest: u64,
+    /// Addresses the ensure returned (and the status holds).
+    pub addresses: Vec<String>,
+}
+
+impl Ensured {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EnsuredEntry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `key` was last ensured as `entry` describes.
+    pub fn is_current(&self, key: &str, entry: &EnsuredEntry) -> bool {
+        self.map().get(key) == Some(entry)
+    }
+
+    /// Records a successful ensure.
+    pub fn record(&self, key: &str, entry: EnsuredEntry) {
+        self.map().insert(key.to_string(), entry);
+    }
+
+    /// Forgets `key` (after a failure or a deletion).
+    pub fn forget(&self, key: &str) {
+        self.map().remove(key);
+    }
+
+    /// Number of Services remembered.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+}
+
+/// A digest of a desired LB (stable within one process), so [`Ensured`]
+/// keeps neither certificates nor keys in memory.
+pub fn desired_digest(desired: &DesiredLb) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // Serialising a validated model cannot fail; an empty encoding would
+    // only make every comparison miss (a harmless full ensure).
+    serde_json::to_vec(desired).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+fn service_key(svc: &Service) -> String {
+    format!(
+        "service/{}/{}",
+        svc.namespace().unwrap_or_default(),
+        svc.name_any()
+    )
 }
 
 /// Per-Service exclusion between the work queue and the periodic resync.
@@ -737,19 +814,23 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
     let client = ctx.kube.clone();
     let (nodes, node_writer) = reflector::store::<Node>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    // Any change to the set of eligible backend nodes re-reconciles every Service.
+    // Any change to the set of eligible backend nodes re-reconciles every
+    // Service. The node reflector runs in its own task (not inside the
+    // Controller) so the startup pass below can wait for its store; a
+    // one-slot channel coalesces bursts of changes into one trigger.
     let provider_name = ctx.config.provider_name.clone();
     let mut last: Option<BTreeMap<String, String>> = None;
     let node_store = nodes.clone();
-    let node_trigger = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .filter_map(move |r| {
-        let changed = match r {
-            Ok(_) => {
+    let (mut trigger_tx, node_trigger) = futures::channel::mpsc::channel::<()>(1);
+    let node_reflector = tokio::spawn(
+        reflector::reflector(
+            node_writer,
+            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(move |r| {
+            if r.is_ok() {
                 let now = eligible_nodes(
                     &node_store
                         .state()
@@ -758,14 +839,15 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
                         .collect::<Vec<_>>(),
                     &provider_name,
                 );
-                let c = last.as_ref() != Some(&now);
+                if last.as_ref() != Some(&now) {
+                    // Full: a trigger is already pending, which covers this change.
+                    let _ = trigger_tx.try_send(());
+                }
                 last = Some(now);
-                c
             }
-            Err(_) => false,
-        };
-        futures::future::ready(changed.then_some(()))
-    });
+            futures::future::ready(())
+        }),
+    );
     // The store feeds translation; the Controller's own slice watch below only triggers.
     let slice_reflector = tokio::spawn(
         reflector::reflector(
@@ -778,15 +860,33 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
         .default_backoff()
         .for_each(|_| futures::future::ready(())),
     );
-    let sctx = Arc::new(ServiceCtx {
+    let sctx = Arc::new(ServiceCtx::new(
         ctx,
-        inputs: ServiceInputs {
+        ServiceInputs {
             nodes,
             slices,
             resync,
         },
-        in_flight: InFlight::default(),
-    });
+    ));
+    // Startup: one batched pass over every Service we own (a few paged
+    // Describes, whatever their number) fills `ensured`, so the work
+    // queue's initial reconcile of each Service costs no cloud call.
+    tokio::select! {
+        r = resync_all(&sctx) => match r {
+            Ok(r) => tracing::info!(
+                ensured = r.ensured,
+                failed = r.failed,
+                skipped = r.skipped,
+                "service startup resync"
+            ),
+            Err(e) => tracing::warn!(error = %e, "service startup resync failed"),
+        },
+        _ = shutdown.wait() => {
+            node_reflector.abort();
+            slice_reflector.abort();
+            return;
+        }
+    }
     let resync_task = {
         let sctx = sctx.clone();
         let shutdown = shutdown.clone();
@@ -835,6 +935,7 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
         .for_each(|_| futures::future::ready(()))
         .await;
     slice_reflector.abort();
+    node_reflector.abort();
     resync_task.abort();
 }
 
@@ -856,7 +957,7 @@ pub fn error_policy(svc: Arc<Service>, err: &Error, sctx: Arc<ServiceCtx>) -> Ac
 pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Action, Error> {
     let ctx = &sctx.ctx;
     let ns = svc.namespace().unwrap_or_default();
-    let key = format!("service/{ns}/{}", svc.name_any());
+    let key = service_key(&svc);
     let _exclusive = sctx.in_flight.lock(&key).await;
     let api: Api<Service> = Api::namespaced(ctx.kube.clone(), &ns);
     let oref = svc.object_ref(&());
@@ -864,6 +965,7 @@ pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Actio
     let deleting = svc.metadata.deletion_timestamp.is_some();
 
     if deleting || !ours {
+        sctx.ensured.forget(&key);
         if !has_finalizer(&svc) {
             return Ok(Action::await_change());
         }
@@ -917,7 +1019,25 @@ pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Actio
         return Ok(Action::await_change());
     }
 
-    let desired = desired_for(&svc, &sctx).await?;
+    let desired = match desired_for(&svc, &sctx).await {
+        Ok(d) => d,
+        Err(e) => {
+            sctx.ensured.forget(&key);
+            return Err(e);
+        }
+    };
+    let current = EnsuredEntry {
+        uid: svc.uid().unwrap_or_default(),
+        digest: desired_digest(&desired),
+        addresses: ingress_ips(&svc),
+    };
+    if !current.addresses.is_empty() && sctx.ensured.is_current(&key, &current) {
+        // Nothing we act on changed since the last successful ensure (this
+        // is typically the event of our own status write).
+        ctx.backoff.reset(&key);
+        ctx.metrics.record(NAME, "unchanged");
+        return Ok(Action::await_change());
+    }
     if ingress_ips(&svc).is_empty() {
         ctx.events
             .normal(
@@ -929,7 +1049,20 @@ pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Actio
             .await;
     }
     let result = ctx.lbs.ensure(&desired).await;
-    record_outcome(ctx, &api, &svc, result).await?;
+    let addresses = match record_outcome(ctx, &api, &svc, result).await {
+        Ok(a) => a,
+        Err(e) => {
+            sctx.ensured.forget(&key);
+            return Err(e);
+        }
+    };
+    sctx.ensured.record(
+        &key,
+        EnsuredEntry {
+            addresses,
+            ..current
+        },
+    );
     ctx.backoff.reset(&key);
     ctx.metrics.record(NAME, "ok");
     // Periodic resync is batched across Services (see `resync_all`).
@@ -940,6 +1073,11 @@ pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Actio
 /// a translation error becomes a Warning Event naming the field.
 async fn desired_for(svc: &Service, sctx: &ServiceCtx) -> Result<DesiredLb, Error> {
     let ctx = &sctx.ctx;
+    // Before the first node and slice listings arrive the stores are empty,
+    // and translating then would remove every backend of the LB. (An error
+    // means the writer is gone: nothing more will arrive, use what is there.)
+    let _ = sctx.inputs.nodes.wait_until_ready().await;
+    let _ = sctx.inputs.slices.wait_until_ready().await;
     let ns = svc.namespace().unwrap_or_default();
     let oref = svc.object_ref(&());
     let mut certs = BTreeMap::new();
@@ -998,13 +1136,13 @@ async fn invalid(
 
 /// Events and status after an ensure: a failure is a Warning carrying the
 /// cloud's message; a change is `EnsuredLoadBalancer`; the ingress is
-/// written only when it differs.
+/// written only when it differs. Returns the addresses now in the status.
 async fn record_outcome(
     ctx: &Context,
     api: &Api<Service>,
     svc: &Service,
     result: lb_controller::Result<lb_controller::LbStatus>,
-) -> Result<(), Error> {
+) -> Result<Vec<String>, Error> {
     let oref = svc.object_ref(&());
     let status = match result {
         Ok(s) => s,
@@ -1038,7 +1176,7 @@ async fn record_outcome(
     if current != status.addresses {
         set_ingress(api, svc, &status.addresses).await?;
     }
-    Ok(())
+    Ok(status.addresses)
 }
 
 /// Outcome of a batched resync.
@@ -1076,11 +1214,7 @@ pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
     // are left to it.
     let mut guards = Vec::new();
     for s in services {
-        let key = format!(
-            "service/{}/{}",
-            s.namespace().unwrap_or_default(),
-            s.name_any()
-        );
+        let key = service_key(&s);
         match sctx.in_flight.try_lock(&key) {
             Some(g) => guards.push(g),
             None => {
@@ -1091,6 +1225,7 @@ pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
         match desired_for(&s, sctx).await {
             Ok(d) => batch.push((s, d)),
             Err(e) => {
+                sctx.ensured.forget(&key);
                 report.failed += 1;
                 tracing::warn!(service = %s.name_any(), error = %e, "resync: cannot translate");
             }
@@ -1098,12 +1233,24 @@ pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
     }
     let desired: Vec<DesiredLb> = batch.iter().map(|(_, d)| d.clone()).collect();
     let results = ctx.lbs.ensure_many(&desired).await;
-    for ((svc, _), result) in batch.iter().zip(results) {
+    for ((svc, desired), result) in batch.iter().zip(results) {
         let api: Api<Service> =
             Api::namespaced(ctx.kube.clone(), &svc.namespace().unwrap_or_default());
+        let key = service_key(svc);
         match record_outcome(ctx, &api, svc, result).await {
-            Ok(()) => report.ensured += 1,
+            Ok(addresses) => {
+                report.ensured += 1;
+                sctx.ensured.record(
+                    &key,
+                    EnsuredEntry {
+                        uid: svc.uid().unwrap_or_default(),
+                        digest: desired_digest(desired),
+                        addresses,
+                    },
+                );
+            }
             Err(e) => {
+                sctx.ensured.forget(&key);
                 report.failed += 1;
                 ctx.metrics.record(NAME, e.metric_label());
                 tracing::warn!(service = %svc.name_any(), error = %e, "resync failed");

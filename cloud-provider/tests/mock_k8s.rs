@@ -11,7 +11,7 @@ use cloud_provider::services::{self, FINALIZER, ServiceCtx, ServiceInputs};
 use cloud_provider::{lifecycle, nodes, routes};
 use common::*;
 use iaas_client::actions::{
-    AddRouterStatics, DescribeEips, DescribeLoadBalancers, DescribeRouterStatics,
+    AddRouterStatics, DescribeEips, DescribeLoadBalancers, DescribeRouterStatics, DescribeRouters,
     DescribeSecurityGroups, RouterStaticSpec, StopInstances, TerminateInstances, UpdateRouters,
 };
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -346,6 +346,58 @@ async fn routes_are_created_in_one_batch_then_condition_set_and_idle_sync_writes
     assert_eq!(cloud.calls("DescribeRouterStatics") - describes, 1);
     drop(ctx);
     api.await.unwrap();
+
+    // A sync that died between AddRouterStatics and UpdateRouters: the
+    // statics are listed but the router is not applied. The next (otherwise
+    // idle) sync applies them with one UpdateRouters and nothing else.
+    cloud
+        .client
+        .add_router_statics(&AddRouterStatics {
+            router: router.clone(),
+            vxnet: None,
+            statics: vec![RouterStaticSpec::route(
+                "10.244.3.0/24",
+                "172.30.1.13",
+                Some("k8s-route:c1:node-3".into()),
+            )],
+        })
+        .await
+        .unwrap();
+    let list = node_list(vec![
+        mk("node-1", "10.244.1.0/24", "172.30.1.11", true),
+        mk("node-2", "10.244.2.0/24", "172.30.1.12", true),
+        mk("node-3", "10.244.3.0/24", "172.30.1.13", true),
+    ]);
+    let (kube, api) = script(vec![step(
+        "GET",
+        "/api/v1/nodes",
+        |_| {},
+        move |_| (200, list.clone()),
+    )]);
+    let ctx = cloud.context(kube, cloud.config().await);
+    let (adds, updates) = (
+        cloud.calls("AddRouterStatics"),
+        cloud.calls("UpdateRouters"),
+    );
+    let plan = routes::sync(&ctx).await.unwrap();
+    assert!(plan.is_noop());
+    assert_eq!(cloud.calls("AddRouterStatics"), adds, "no static re-added");
+    assert_eq!(
+        cloud.calls("UpdateRouters") - updates,
+        1,
+        "the unapplied statics are applied"
+    );
+    let applied = cloud
+        .client
+        .describe_routers_all(&DescribeRouters {
+            routers: vec![router.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied[0].is_applied, 1);
+    drop(ctx);
+    api.await.unwrap();
 }
 
 const UID: &str = "6f1c2a7e-0000-0000-0000-000000000001";
@@ -382,15 +434,14 @@ async fn service_ctx(cloud: &Cloud, kube: kube::Client) -> Arc<ServiceCtx> {
         writer.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(n).unwrap()));
     }
     let (slices, _w) = reflector::store();
-    Arc::new(ServiceCtx {
+    Arc::new(ServiceCtx::new(
         ctx,
-        inputs: ServiceInputs {
+        ServiceInputs {
             nodes,
             slices,
             resync: Duration::from_secs(300),
         },
-        in_flight: services::InFlight::default(),
-    })
+    ))
 }
 
 async fn live_lbs(cloud: &Cloud) -> Vec<iaas_client::model::LoadBalancer> {
@@ -512,12 +563,25 @@ async fn service_finalizer_then_ensure_then_status_then_delete_in_order() {
     let ip = ingress.lock().unwrap().clone();
     assert!(lbs[0].eips.iter().any(|e| e.eip_addr == ip), "{lbs:?}");
 
-    // 3. Idle resync: no Kubernetes request (the script allows none here) and no cloud write.
-    let writes = cloud.writes();
+    // 3. The event of our own status write: no Kubernetes request (the
+    // script allows none here) and not even a Describe (nothing changed
+    // since the ensure).
+    cloud.emu.reset_stats();
     services::reconcile(svc(service_json(true, false, Some(&ip))), sctx.clone())
         .await
         .unwrap();
-    assert_eq!(cloud.writes(), writes, "idle resync wrote to the cloud");
+    let calls: u64 = cloud.emu.stats().values().map(|s| s.calls).sum();
+    assert_eq!(calls, 0, "unchanged Service went to the cloud");
+    assert_eq!(sctx.ensured.len(), 1);
+    // A restarted controller (nothing remembered) observes the cloud:
+    // Describes only, no write, no Kubernetes request.
+    let fresh = Arc::new(ServiceCtx::new(sctx.ctx.clone(), sctx.inputs.clone()));
+    let writes = cloud.writes();
+    services::reconcile(svc(service_json(true, false, Some(&ip))), fresh)
+        .await
+        .unwrap();
+    assert_eq!(cloud.writes(), writes, "idle ensure wrote to the cloud");
+    assert!(cloud.emu.stats().values().map(|s| s.calls).sum::<u64>() > 0);
 
     services::reconcile(svc(service_json(true, true, Some(&ip))), sctx.clone())
         .await
@@ -526,6 +590,10 @@ async fn service_finalizer_then_ensure_then_status_then_delete_in_order() {
         leftovers(&cloud).await,
         (0, 0, 0),
         "LB, EIP or security group leaked"
+    );
+    assert!(
+        sctx.ensured.is_empty(),
+        "a deleted Service stays remembered"
     );
 
     services::reconcile(svc(service_json(true, true, Some(&ip))), sctx.clone())

@@ -213,6 +213,7 @@ pub async fn setup(
         .execute()
         .await
         .map_err(|e| nl_err(&format!("create veth {host_ifname} / {ifname}"), e))?;
+    crate::plugin::crash_point("after-veth");
 
     let hostl = find_link(host, host_ifname)
         .await?

@@ -52,6 +52,22 @@ fn connect_in(ns: &Netns) -> CniResult<rtnetlink::Handle> {
     connect()
 }
 
+/// Names the step at which [`crash_point`] stops the plugin. Test-only.
+pub const CRASH_POINT_ENV: &str = "CLOUDSUITE_CNI_TEST_CRASH_POINT";
+
+/// A test-only crash point (crash-safety tests SIGKILL the plugin at a
+/// known step). When [`CRASH_POINT_ENV`] equals `step`, the process stops
+/// itself with SIGSTOP at that step; the test sees the stopped state and
+/// kills it. The steps of ADD are `after-lease` (the lease file is written,
+/// no interface exists) and `after-veth` (the veth pair exists, down, with
+/// no address or route). Harmless in production: runtimes do not set the
+/// variable, and a stopped process is what a crash there would leave anyway.
+pub fn crash_point(step: &str) {
+    if std::env::var_os(CRASH_POINT_ENV).is_some_and(|v| v == step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+}
+
 fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
     let netns_path = env.netns.as_deref().expect("validated: ADD has CNI_NETNS");
     let pod_ns = Netns::open(netns_path)?;
@@ -65,6 +81,7 @@ fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
             netns: &netns_text,
         },
     )?;
+    crash_point("after-lease");
     let host_ifname = net::host_veth_name(&env.container_id, &env.ifname);
     let rt = runtime()?;
     let outcome = rt.block_on(async {

@@ -1082,10 +1082,17 @@ impl Controller for ControllerService {
             None => false,
         };
         let _guard = self.inflight.claim(&req.volume_id)?;
-        let v = self
+        let mut v = self
             .volume(&req.volume_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        if !v.transition_status.is_empty() {
+            // A resize started by a previous incarnation (killed while
+            // waiting) may still be running: its size only shows once it
+            // ends, and resizing to that size then would be refused as
+            // "does not grow". Decide on the settled size.
+            v = self.settled_volume(&req.volume_id).await?;
+        }
         let disk_type = if self.cfg.disk_types.contains_key(&v.volume_type) {
             v.volume_type
         } else {

@@ -95,6 +95,23 @@ fn device_of_mount(m: &MountEntry) -> Result<PathBuf> {
     Ok(Path::new("/dev").join(name))
 }
 
+/// Names the step at which [`crash_point`] stops the driver. Test-only.
+pub const CRASH_POINT_ENV: &str = "CLOUDSUITE_CSI_TEST_CRASH_POINT";
+
+/// A test-only crash point (crash-safety tests SIGKILL the node plugin at a
+/// known step). When [`CRASH_POINT_ENV`] equals `step`, the process stops
+/// itself with SIGSTOP there; the test sees the stopped state and kills it.
+/// Steps: `stage-after-format` (the device was formatted if it was empty,
+/// nothing is mounted), `stage-after-mount` (mounted at the staging path,
+/// the call not yet answered), `publish-before-bind` (the target directory
+/// exists, nothing is bound onto it). Harmless in production: nothing sets
+/// the variable, and checking it is one environment lookup.
+pub fn crash_point(step: &str) {
+    if std::env::var_os(CRASH_POINT_ENV).is_some_and(|v| v == step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+}
+
 /// Stages a filesystem volume: safe format, then mount at `staging`.
 fn stage_mount(
     device: &Path,
@@ -152,6 +169,7 @@ fn stage_mount(
     } else if format::format_if_empty(device, wanted)? {
         tracing::info!(device = %device.display(), fs = wanted, "formatted empty device");
     }
+    crash_point("stage-after-format");
     let actual = match format::probe(device)? {
         Content::Filesystem(t) => t,
         other => {
@@ -180,7 +198,9 @@ fn stage_mount(
         // second mount of one UUID on a node unless told otherwise.
         options.push("nouuid".into());
     }
-    mount::mount(device, staging, &actual, &options)
+    mount::mount(device, staging, &actual, &options)?;
+    crash_point("stage-after-mount");
+    Ok(())
 }
 
 /// Publishes a staged filesystem: bind mount `staging` onto `target`.
@@ -207,6 +227,7 @@ fn publish_mount(staging: &Path, target: &Path, read_only: bool, flags: &[String
         .filter(|f| *f != "ro" && *f != "rw")
         .cloned()
         .collect();
+    crash_point("publish-before-bind");
     mount::bind_mount(staging, target, read_only, &extra)
 }
 

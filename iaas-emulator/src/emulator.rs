@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::commit::{CommitStats, Committer};
 use crate::config::EmulatorConfig;
 use crate::dataplane::DataPlane;
-use crate::error::{ApiError, ApiResult, EmuError};
+use crate::error::{ApiResult, EmuError};
 use crate::faults::{ActionStats, FaultConfig, FaultState};
 use crate::jobs;
 use crate::state::{Meta, State};
@@ -24,10 +25,13 @@ use crate::store::Store;
 pub struct Shared {
     /// Configuration (immutable after start).
     pub config: EmulatorConfig,
-    /// The cache; the single writer lock.
-    pub state: tokio::sync::Mutex<State>,
+    /// The cache; the single writer lock. Never held while waiting for the
+    /// committer (see [`Shared::commit`]).
+    pub state: Arc<tokio::sync::Mutex<State>>,
     /// The durable store.
     pub store: Store,
+    /// The group committer every change goes through.
+    pub committer: Committer,
     /// Live faults.
     pub faults: Mutex<FaultState>,
     /// Per-action counters.
@@ -41,28 +45,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Persists every change of the cache in one durable transaction. On
-    /// failure the cache is reloaded from the store (dropping the change) and
-    /// the request fails with 5000.
-    pub async fn commit(&self, st: &mut State) -> ApiResult<()> {
-        let writes = match st.drain_writes() {
-            Ok(w) => w,
-            Err(e) => {
-                self.discard(st);
-                return Err(ApiError::internal(format!("store: {e}")));
-            }
-        };
-        if let Err(e) = self.store.commit(writes).await {
-            tracing::error!(error = %e, "store commit failed; reloading state");
-            self.discard(st);
-            return Err(ApiError::internal(
-                "store commit failed, the change was not made",
-            ));
-        }
-        Ok(())
+    /// Ends a request's (or job step's) turn on the state: stages its changes
+    /// with the group committer, RELEASES the lock, and waits until they are
+    /// durable (or, when it changed nothing, until everything it could have
+    /// read is). Fails with 5000, the change not made, when the commit fails.
+    pub async fn commit(&self, mut st: tokio::sync::MutexGuard<'_, State>) -> ApiResult<()> {
+        let ticket = self.committer.stage(&mut st);
+        drop(st);
+        self.committer.wait(ticket?).await
     }
 
-    /// Drops uncommitted changes by reloading the committed state.
+    /// Adopts an existing host as an instance (see [`State::adopt`]).
     pub async fn adopt(
         &self,
         host: &crate::config::AdoptedHost,
@@ -70,26 +63,26 @@ impl Shared {
         let mut st = self.state.lock().await;
         match st.adopt(host, &self.meta.zone) {
             Ok(inst) => {
-                self.commit(&mut st).await?;
+                self.commit(st).await?;
                 Ok(inst)
             }
             Err(e) => {
                 self.discard(&mut st);
+                self.commit(st).await?;
                 Err(e)
             }
         }
     }
 
-    /// Adopts an existing host as an instance (see [`State::adopt`]).
-    /// Drops the uncommitted changes of a failed handler.
+    /// Drops the uncommitted changes of a failed handler (in memory: the
+    /// store may lag the cache while other requests are being committed).
     pub fn discard(&self, st: &mut State) {
-        match st.drain_writes() {
-            Ok(w) if w.is_empty() => return,
-            _ => {}
-        }
-        if let Err(e) = st.load(&self.store) {
-            tracing::error!(error = %e, "reloading state failed");
-        }
+        st.rollback();
+    }
+
+    /// Store transaction counters of the group committer.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.committer.stats()
     }
 
     /// Starts a job worker.
@@ -193,6 +186,8 @@ impl Emulator {
         restore_data_plane(&mut state, &dp).await;
         let writes = state.drain_writes()?;
         store.commit(writes).await?;
+        let state = Arc::new(tokio::sync::Mutex::new(state));
+        let committer = Committer::start(store.clone(), Arc::clone(&state))?;
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -217,11 +212,12 @@ impl Emulator {
 
         let mut faults = FaultState::default();
         faults.set(config.faults.clone());
-        let unfinished = jobs::unfinished_jobs(&state);
+        let unfinished = jobs::unfinished_jobs(&*state.lock().await);
         let shared = Arc::new(Shared {
             config,
-            state: tokio::sync::Mutex::new(state),
+            state,
             store,
+            committer,
             faults: Mutex::new(faults),
             stats: Mutex::new(BTreeMap::new()),
             dp,
@@ -300,6 +296,17 @@ impl Emulator {
         self.shared.reset_stats()
     }
 
+    /// What handlers share (crate tests reach the committer through it).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Store transactions (fsyncs) and the request batches they carried.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.shared.commit_stats()
+    }
+
     /// Replaces the fault config; an invalid one (a rate outside 0..1,
     /// min > max, ...) is refused with the field named.
     pub fn set_faults(&self, faults: FaultConfig) -> Result<(), EmuError> {
@@ -342,13 +349,17 @@ impl Emulator {
             set.abort_all();
             while set.join_next().await.is_some() {}
         }
-        // Wait for stragglers (a commit on a blocking thread) to release the
-        // store so the same data dir can be opened again right away.
+        // Wait for stragglers (requests waiting on a commit) to finish, then
+        // stop the committer so that the store is released and the same data
+        // dir can be opened again right away.
         for _ in 0..500 {
             if Arc::strong_count(&self.shared) == 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(thread) = self.shared.committer.close() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         tracing::info!("iaas emulator stopped");
     }

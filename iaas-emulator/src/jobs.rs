@@ -234,7 +234,7 @@ pub async fn run_job(shared: Arc<Shared>, job_id: String) {
         }
         let action = rec.job.job_action.clone();
         set_job_status(&mut st, &job_id, "working", None);
-        if shared.commit(&mut st).await.is_err() {
+        if shared.commit(st).await.is_err() {
             return;
         }
         action
@@ -296,6 +296,12 @@ pub async fn run_job(shared: Arc<Shared>, job_id: String) {
                 (id, g)
             })
             .collect::<Vec<_>>();
+        // The plan may reflect other requests' changes still being
+        // committed: act on the data plane only once they are durable. On a
+        // store failure the job stays working and resumes at the next start.
+        if shared.commit(st).await.is_err() {
+            return;
+        }
         (op, calls, gens)
     };
     let dp = shared.dp.clone();
@@ -309,11 +315,10 @@ pub async fn run_job(shared: Arc<Shared>, job_id: String) {
             let mut st = shared.state.lock().await;
             let extra = finish_ok(&mut st, &op, &out, &gens);
             set_job_status(&mut st, &job_id, "successful", None);
-            if shared.commit(&mut st).await.is_ok() && !extra.is_empty() {
+            if shared.commit(st).await.is_ok() && !extra.is_empty() {
                 // Follow-up applies (LBs re-applied after a security group or
                 // policy change) run after the state is committed.
                 let dp = shared.dp.clone();
-                drop(st);
                 let _ = tokio::task::spawn_blocking(move || run_cleanup(&dp, &extra)).await;
             }
         }
@@ -350,8 +355,7 @@ async fn finish_failed(
     let mut st = shared.state.lock().await;
     let cleanup = op.map(|op| rollback(&mut st, op)).unwrap_or_default();
     set_job_status(&mut st, job_id, "failed", Some((code, message)));
-    let _ = shared.commit(&mut st).await;
-    drop(st);
+    let _ = shared.commit(st).await;
     if !cleanup.is_empty() {
         let dp = shared.dp.clone();
         let _ = tokio::task::spawn_blocking(move || run_cleanup(&dp, &cleanup)).await;

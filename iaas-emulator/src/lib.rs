@@ -6,11 +6,13 @@
 //! jobs through the data-plane drivers, and injects faults on request.
 //!
 //! Modules: [`config`] (what it starts with), [`api`] (the actions),
-//! [`jobs`] (the job engine), [`store`]/[`state`] (persistence), [`faults`]
+//! [`jobs`] (the job engine), [`store`]/[`state`] (persistence),
+//! [`commit`] (group commit: many requests per durable transaction), [`faults`]
 //! (fault injection and call stats), [`server`] (HTTP and `/admin/`),
 //! [`dataplane`] (the driver seam).
 
 pub mod api;
+pub mod commit;
 pub mod config;
 pub mod dataplane;
 pub mod emulator;
@@ -26,6 +28,7 @@ pub mod util;
 #[cfg(test)]
 mod tests;
 
+pub use commit::CommitStats;
 pub use config::{Credentials, EmulatorConfig, VolumeTypeBounds};
 pub use dataplane::DataPlane;
 pub use emulator::Emulator;

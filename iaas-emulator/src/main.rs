@@ -65,9 +65,20 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // The suite's runtime (capped malloc arenas, small stacks; see
+    // suite_runtime::runtime), but unlike the controllers the emulator is a
+    // server whose API throughput matters: one worker per core unless
+    // SUITE_WORKER_THREADS says otherwise.
+    let rt = match suite_runtime::runtime::RuntimeOptions::from_env()
+        .map(|mut o| {
+            if std::env::var_os("SUITE_WORKER_THREADS").is_none() {
+                o.worker_threads = std::thread::available_parallelism()
+                    .map_or(o.worker_threads, std::num::NonZeroUsize::get);
+            }
+            o
+        })
+        .map_err(std::io::Error::other)
+        .and_then(|o| o.build())
     {
         Ok(rt) => rt,
         Err(e) => {

@@ -42,6 +42,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(faults_get).put(faults_put).delete(faults_delete),
         )
         .route("/admin/stats", get(stats_get))
+        .route("/admin/stats/commits", get(commit_stats_get))
         .route("/admin/instances", post(instances_adopt))
         .route("/admin/stats/reset", post(stats_reset))
         .with_state(shared)
@@ -172,8 +173,9 @@ async fn dispatch(
     let new_jobs = std::mem::take(&mut ctx.new_jobs);
     match result {
         Ok(reply) => {
-            shared.commit(&mut st).await?;
-            drop(st);
+            // Releases the lock and waits until durable: reads too, so that
+            // nothing not yet durable is ever shown.
+            shared.commit(st).await?;
             for j in new_jobs {
                 shared.spawn_job(j);
             }
@@ -181,8 +183,10 @@ async fn dispatch(
         }
         Err(e) => {
             // A handler that failed part-way must leave nothing behind: drop
-            // its uncommitted changes by reloading the committed state.
+            // its uncommitted changes. Its error may still reflect other
+            // requests' changes, so it waits for those like a read.
             shared.discard(&mut st);
+            shared.commit(st).await?;
             Err(e)
         }
     }
@@ -351,6 +355,14 @@ async fn stats_get(AxState(shared): AxState<Arc<Shared>>) -> Response {
         return admin_off();
     }
     axum::Json(shared.stats()).into_response()
+}
+
+/// `GET /admin/stats/commits`: store transactions (fsyncs) and what they carried.
+async fn commit_stats_get(AxState(shared): AxState<Arc<Shared>>) -> Response {
+    if !shared.config.admin_enabled {
+        return admin_off();
+    }
+    axum::Json(shared.commit_stats()).into_response()
 }
 
 async fn stats_reset(AxState(shared): AxState<Arc<Shared>>) -> Response {

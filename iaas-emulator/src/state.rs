@@ -151,13 +151,32 @@ impl State {
         Ok(())
     }
 
-    /// Serialises every change since the last drain.
+    /// Serialises every change since the last drain and forgets it; when a
+    /// row cannot be serialised, every change is rolled back instead.
     pub fn drain_writes(&mut self) -> Result<Vec<Write>, EmuError> {
         let mut out = Vec::new();
+        let mut failed = None;
         for t in self.tables() {
-            t.drain(&mut out)?;
+            if let Err(e) = t.collect(&mut out) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            self.rollback();
+            return Err(e);
+        }
+        for t in self.tables() {
+            t.settle();
         }
         Ok(out)
+    }
+
+    /// Undoes every change since the last drain (a failed request's).
+    pub fn rollback(&mut self) {
+        for t in self.tables() {
+            t.rollback();
+        }
     }
 
     /// The next creation sequence number.

@@ -2,12 +2,16 @@
 //! redb (`<data_dir>/state.redb`), one table per kind keyed by id with the
 //! record's JSON as value.
 //!
-//! Mutations go to the cache and mark rows dirty; [`Store::commit`] writes all
-//! dirty rows of a request in one write transaction with redb's default
-//! immediate durability (fsync before `commit` returns). Handlers answer only
-//! after the commit, so an acknowledged change survives SIGKILL.
+//! Mutations go to the cache and mark rows dirty, remembering each row's value
+//! before the request first touched it, so that a failed request can be rolled
+//! back in memory ([`TableIo::rollback`]) without rereading the store (which
+//! may lag the cache while other requests' writes are being committed). The
+//! dirty rows of a request are handed to the group committer
+//! ([`crate::commit`]), which writes them with redb's immediate durability
+//! (fsync before the transaction returns); handlers answer only after that,
+//! so an acknowledged change survives SIGKILL.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,16 +33,18 @@ struct Row<T> {
 pub struct Table<T> {
     name: &'static str,
     rows: BTreeMap<String, Row<T>>,
-    dirty: BTreeSet<String>,
+    /// Rows changed since the last drain, each with its value before the
+    /// first change (None: it did not exist), for rollback.
+    dirty: BTreeMap<String, Option<Row<T>>>,
 }
 
-impl<T: Serialize + DeserializeOwned> Table<T> {
+impl<T> Table<T> {
     /// An empty table stored under `name`.
     pub fn new(name: &'static str) -> Self {
         Table {
             name,
             rows: BTreeMap::new(),
-            dirty: BTreeSet::new(),
+            dirty: BTreeMap::new(),
         }
     }
 
@@ -47,30 +53,9 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
         self.rows.get(id).map(|r| &r.rec)
     }
 
-    /// A record by id, for modification (marks it dirty).
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut T> {
-        let row = self.rows.get_mut(id)?;
-        self.dirty.insert(id.to_string());
-        Some(&mut row.rec)
-    }
-
     /// Whether the id exists.
     pub fn contains(&self, id: &str) -> bool {
         self.rows.contains_key(id)
-    }
-
-    /// Inserts or replaces a record; `seq` orders it in Describe output.
-    pub fn insert(&mut self, id: &str, seq: u64, rec: T) {
-        let seq = self.rows.get(id).map(|r| r.seq).unwrap_or(seq);
-        self.rows.insert(id.to_string(), Row { seq, rec });
-        self.dirty.insert(id.to_string());
-    }
-
-    /// Removes a record.
-    pub fn remove(&mut self, id: &str) -> Option<T> {
-        let row = self.rows.remove(id)?;
-        self.dirty.insert(id.to_string());
-        Some(row.rec)
     }
 
     /// Records in creation order.
@@ -105,6 +90,43 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
     }
 }
 
+/// Changes: each remembers the row's value before the request first touched
+/// it (hence `Clone`), for [`TableIo::rollback`].
+impl<T: Clone> Table<T> {
+    /// Marks `id` dirty, saving its current value the first time.
+    fn touch(&mut self, id: &str) {
+        if !self.dirty.contains_key(id) {
+            let before = self.rows.get(id).cloned();
+            self.dirty.insert(id.to_string(), before);
+        }
+    }
+
+    /// A record by id, for modification (marks it dirty).
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        if !self.rows.contains_key(id) {
+            return None;
+        }
+        self.touch(id);
+        self.rows.get_mut(id).map(|r| &mut r.rec)
+    }
+
+    /// Inserts or replaces a record; `seq` orders it in Describe output.
+    pub fn insert(&mut self, id: &str, seq: u64, rec: T) {
+        let seq = self.rows.get(id).map(|r| r.seq).unwrap_or(seq);
+        self.touch(id);
+        self.rows.insert(id.to_string(), Row { seq, rec });
+    }
+
+    /// Removes a record.
+    pub fn remove(&mut self, id: &str) -> Option<T> {
+        if !self.rows.contains_key(id) {
+            return None;
+        }
+        self.touch(id);
+        self.rows.remove(id).map(|r| r.rec)
+    }
+}
+
 /// A pending write: table, key, new JSON (None = delete).
 pub type Write = (&'static str, String, Option<Vec<u8>>);
 
@@ -112,8 +134,12 @@ pub type Write = (&'static str, String, Option<Vec<u8>>);
 pub trait TableIo: Send {
     /// redb table name.
     fn name(&self) -> &'static str;
-    /// Serialises dirty rows and clears the dirty set.
-    fn drain(&mut self, out: &mut Vec<Write>) -> Result<(), EmuError>;
+    /// Serialises the dirty rows (keeping them dirty; see [`TableIo::settle`]).
+    fn collect(&self, out: &mut Vec<Write>) -> Result<(), EmuError>;
+    /// Forgets the dirty set once its writes are handed over.
+    fn settle(&mut self);
+    /// Puts every dirty row back to its value before the first change.
+    fn rollback(&mut self);
     /// Loads one stored row.
     fn load(&mut self, id: &str, bytes: &[u8]) -> Result<(), EmuError>;
     /// Highest sequence number held.
@@ -122,20 +148,37 @@ pub trait TableIo: Send {
     fn clear(&mut self);
 }
 
-impl<T: Serialize + DeserializeOwned + Send> TableIo for Table<T> {
+impl<T: Serialize + DeserializeOwned + Clone + Send> TableIo for Table<T> {
     fn name(&self) -> &'static str {
         self.name
     }
 
-    fn drain(&mut self, out: &mut Vec<Write>) -> Result<(), EmuError> {
-        for id in std::mem::take(&mut self.dirty) {
-            let bytes = match self.rows.get(&id) {
+    fn collect(&self, out: &mut Vec<Write>) -> Result<(), EmuError> {
+        for id in self.dirty.keys() {
+            let bytes = match self.rows.get(id) {
                 Some(row) => Some(serde_json::to_vec(row).map_err(EmuError::store)?),
                 None => None,
             };
-            out.push((self.name, id, bytes));
+            out.push((self.name, id.clone(), bytes));
         }
         Ok(())
+    }
+
+    fn settle(&mut self) {
+        self.dirty.clear();
+    }
+
+    fn rollback(&mut self) {
+        for (id, before) in std::mem::take(&mut self.dirty) {
+            match before {
+                Some(row) => {
+                    self.rows.insert(id, row);
+                }
+                None => {
+                    self.rows.remove(&id);
+                }
+            }
+        }
     }
 
     fn load(&mut self, id: &str, bytes: &[u8]) -> Result<(), EmuError> {
@@ -189,7 +232,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a batch durably in one transaction (blocking; see [`Store::commit`]).
+    /// Writes a batch durably in one transaction (blocking: start-up and the
+    /// group committer's thread; see [`Store::commit`] for async callers).
     pub fn write_blocking(&self, writes: &[Write]) -> Result<(), EmuError> {
         if writes.is_empty() {
             return Ok(());
@@ -229,5 +273,45 @@ impl Store {
         tokio::task::spawn_blocking(move || store.write_blocking(&writes))
             .await
             .map_err(|e| EmuError::Store(format!("commit task: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Table, TableIo};
+
+    #[test]
+    fn rollback_restores_every_touched_row() {
+        let mut t: Table<String> = Table::new("t");
+        t.insert("keep", 1, "a".into());
+        t.insert("edit", 2, "b".into());
+        t.insert("gone", 3, "c".into());
+        let mut out = Vec::new();
+        t.collect(&mut out).unwrap();
+        t.settle();
+        assert_eq!(out.len(), 3);
+
+        // A request that edits, removes, adds, and edits twice, then fails.
+        *t.get_mut("edit").unwrap() = "b2".into();
+        *t.get_mut("edit").unwrap() = "b3".into();
+        t.remove("gone");
+        t.insert("new", 4, "d".into());
+        t.remove("new");
+        t.insert("new", 5, "e".into());
+        t.rollback();
+        let now: Vec<&String> = t.ordered();
+        assert_eq!(now, ["a", "b", "c"]);
+        let mut out = Vec::new();
+        t.collect(&mut out).unwrap();
+        assert!(out.is_empty(), "nothing left to write after a rollback");
+
+        // Settled changes are not undone by a later rollback.
+        t.remove("keep");
+        let mut out = Vec::new();
+        t.collect(&mut out).unwrap();
+        t.settle();
+        assert_eq!(out, vec![("t", "keep".to_string(), None)]);
+        t.rollback();
+        assert!(!t.contains("keep"));
     }
 }

@@ -9,6 +9,7 @@
 //! - [`plan`]: the pure diff, desired + observed -> ordered operations.
 //! - [`reconcile`]: executing plans, waiting on jobs, crash-safe by construction.
 //! - [`Error`]: the one error type, with metric labels and retryability.
+//! - [`nodes`]: which Nodes may receive LB traffic (shared with the Service controller).
 //! - [`ingress`]: the Ingress controller built on the above (binary `ingress-controller`).
 //!
 //! ```no_run
@@ -46,6 +47,7 @@
 pub mod error;
 pub mod ingress;
 pub mod model;
+pub mod nodes;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;

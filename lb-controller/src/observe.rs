@@ -6,6 +6,14 @@
 //! Describe calls of many owners: one `DescribeTags` per cluster prefix and
 //! one Describe per resource kind per 100 tags, so a resync of 1,000 owners
 //! costs a few dozen calls rather than thousands.
+//!
+//! Name searches are per owner, so they are kept to the cases where they can
+//! find something: every plan creates the ownership tag before any other
+//! resource and a deletion removes it last, so an owner being ensured whose
+//! tag does not exist has nothing in the cloud yet (a new Service costs one
+//! `DescribeTags`, not four searches), and an owner whose tagged resource
+//! carries our name needs no search for it. Deletions still search by name
+//! whatever the tag says, so nothing left by a removed tag can leak.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -131,6 +139,14 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
             .filter_map(|t| owner_of_tag.get(&t.tag_id).copied())
             .collect()
     };
+    // Owners that may have untagged resources worth a name search: any owner
+    // being deleted, and owners being ensured whose tag exists (a create
+    // whose tagging was cut short by a crash). See the module docs.
+    let searchable: Vec<bool> = reqs
+        .iter()
+        .zip(&out)
+        .map(|(r, o)| r.desired.is_none() || o.tag.is_some())
+        .collect();
 
     // 2. Load balancers by tag (verbose: listeners and backends in the same call).
     let mut lbs: Vec<Vec<LoadBalancer>> = vec![Vec::new(); reqs.len()];
@@ -190,7 +206,7 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
         // name. A reused LB is never created by us, so no search then.
         let name = r.owner.lb_name();
         let reusing = r.desired.is_some_and(|d| d.reuse_existing.is_some());
-        if !reusing && !lbs[i].iter().any(|lb| lb.loadbalancer_name == name) {
+        if searchable[i] && !reusing && !lbs[i].iter().any(|lb| lb.loadbalancer_name == name) {
             let found = client
                 .describe_load_balancers_all(&DescribeLoadBalancers {
                     search_word: Some(name.clone()),
@@ -256,7 +272,7 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
     for (i, r) in reqs.iter().enumerate() {
         let wants_sg = r.desired.is_none_or(|d| d.reuse_existing.is_none());
         let name = r.owner.security_group_name();
-        if wants_sg && !sgs[i].iter().any(|s| s.security_group_name == name) {
+        if searchable[i] && wants_sg && !sgs[i].iter().any(|s| s.security_group_name == name) {
             let found = client
                 .describe_security_groups_all(&DescribeSecurityGroups {
                     search_word: Some(name.clone()),
@@ -355,7 +371,7 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
                     )
             }
         };
-        if allocates && out[i].eips.is_empty() {
+        if searchable[i] && allocates && out[i].eips.is_empty() {
             let name = r.owner.eip_name();
             let found = client
                 .describe_eips_all(&DescribeEips {
@@ -492,7 +508,7 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
                 .flat_map(|l| &l.certificates)
                 .any(|c| !names.contains(&r.owner.certificate_name(&c.fingerprint()))),
         };
-        if missing {
+        if searchable[i] && missing {
             let prefix = format!("{}c_", r.owner.child_prefix());
             let found = client
                 .describe_server_certificates_all(&DescribeServerCertificates {
@@ -549,6 +565,7 @@ pub async fn observe_many(client: &Client, reqs: &[ObserveRequest<'_>]) -> Resul
         }
     }
     let needs_listing = reqs.iter().enumerate().any(|(i, r)| match r.desired {
+        _ if !searchable[i] => false,
         None => r.owner.kind != OwnerKind::Service || uses_l7(&out[i]),
         Some(d) => d.listeners.iter().flat_map(|l| &l.rules).any(|rule| {
             let name = r.owner.policy_name(&rule.policy_key());

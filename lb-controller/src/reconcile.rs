@@ -275,10 +275,17 @@ impl Reconciler {
         }
         info!(owner = %desired.owner, ops = ?p.kinds(), "ensuring load balancer");
         let n = p.ops.len();
+        let addresses_kept = !p.ops.iter().any(changes_addresses);
         let refs = self.execute(&desired.owner, p).await?;
         let lb_id = refs
             .lb
             .ok_or_else(|| Error::Conflict("plan finished without a load balancer".into()))?;
+        // Listener, backend and security group changes leave the LB's
+        // addresses as observed: no need to describe it again.
+        if addresses_kept && let Some(lb) = obs.lb.as_ref().filter(|lb| lb.loadbalancer_id == lb_id)
+        {
+            return Ok(status_of(lb, refs.security_group, reused, n));
+        }
         let lb = self.describe_lb(&lb_id).await?.ok_or_else(|| Error::Busy {
             what: format!("load balancer {lb_id} vanished right after reconcile"),
             waited: Duration::ZERO,
@@ -310,10 +317,15 @@ impl Reconciler {
             allocated: Vec::new(),
             new_listeners: BTreeMap::new(),
             deferred: Vec::new(),
+            defer_job: false,
             job_timeout: self.opts.job_timeout,
         };
-        for op in &p.ops {
+        let last = p.ops.len().saturating_sub(1);
+        for (i, op) in p.ops.iter().enumerate() {
             debug!(owner = %owner, op = op.kind(), "executing");
+            // Nothing after the last op depends on its job: it is waited
+            // for with the deferred ones, in one DescribeJobs round.
+            ex.defer_job = i == last;
             ex.run(op).await?;
         }
         if !ex.deferred.is_empty() {
@@ -325,6 +337,18 @@ impl Reconciler {
         }
         Ok(ex.refs)
     }
+}
+
+/// Whether `op` can change which LB is current or the addresses it serves.
+fn changes_addresses(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::CreateLoadBalancer { .. }
+            | Op::DeleteLoadBalancer { .. }
+            | Op::AllocateEip { .. }
+            | Op::AssociateEips { .. }
+            | Op::DissociateEips { .. }
+    )
 }
 
 fn status_of(lb: &LoadBalancer, sg: Option<String>, reused: bool, operations: usize) -> LbStatus {
@@ -350,6 +374,8 @@ struct Exec<'a> {
     allocated: Vec<String>,
     new_listeners: BTreeMap<(u16, &'static str), String>,
     deferred: Vec<String>,
+    /// Whether the running op may defer its job to the end of the plan.
+    defer_job: bool,
     job_timeout: Option<Duration>,
 }
 
@@ -787,6 +813,9 @@ impl Exec<'_> {
                     .update_load_balancers(&UpdateLoadBalancers::new([lb.clone()]))
                     .await
                 {
+                    Ok(out) if self.defer_job && !out.job_id.is_empty() => {
+                        self.deferred.push(out.job_id)
+                    }
                     Ok(out) => self.wait("update load balancer", &out.job_id).await?,
                     // A stale LB that vanished needs no update.
                     Err(e) if e.is_not_found() && Some(&lb) != self.refs.lb.as_ref() => {}

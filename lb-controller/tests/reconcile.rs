@@ -84,6 +84,66 @@ async fn ensure_creates_everything_and_second_ensure_writes_nothing() {
     cloud.assert_clean(&[]).await;
 }
 
+/// Issue 9: the Describe calls of a creation. The ownership tag is created
+/// before anything else, so a new owner needs no name searches; an update
+/// that keeps the LB and its addresses does not describe the LB again.
+#[tokio::test]
+async fn creation_and_update_make_no_redundant_describes() {
+    let cloud = Cloud::start().await;
+    let inst = cloud.instances().await;
+    let r = cloud.reconciler();
+    let mut d = l4("calls", &inst);
+    let describe = |a: &str| {
+        cloud
+            .emu
+            .stats()
+            .get(a)
+            .map(|s| s.calls)
+            .unwrap_or_default()
+    };
+    cloud.emu.reset_stats();
+    let st = r.ensure(&d).await.unwrap();
+    assert!(st.operations > 0 && !st.addresses.is_empty());
+    // The tag lookup, then the created LB once for its addresses.
+    assert_eq!(describe("DescribeTags"), 1, "{:?}", cloud.emu.stats());
+    assert_eq!(
+        describe("DescribeLoadBalancers"),
+        1,
+        "{:?}",
+        cloud.emu.stats()
+    );
+    for a in [
+        "DescribeSecurityGroups",
+        "DescribeEips",
+        "DescribeServerCertificates",
+    ] {
+        assert_eq!(describe(a), 0, "{a}: {:?}", cloud.emu.stats());
+    }
+
+    // A new backend: the observation's LB (same id, same EIP) gives the status.
+    d.listeners[0]
+        .default_backends
+        .push(backend(&inst[0], 30081));
+    cloud.emu.reset_stats();
+    let st2 = r.ensure(&d).await.unwrap();
+    assert!(st2.operations > 0);
+    assert_eq!(
+        (st2.lb_id.as_str(), &st2.addresses),
+        (st.lb_id.as_str(), &st.addresses)
+    );
+    // Observation only: by tag, never by id afterwards.
+    assert_eq!(
+        describe("DescribeLoadBalancers"),
+        1,
+        "{:?}",
+        cloud.emu.stats()
+    );
+    check_idle(&cloud, &r, &d, "new backend").await;
+
+    r.delete(&d.owner).await.unwrap();
+    cloud.assert_clean(&[]).await;
+}
+
 async fn check_idle(
     cloud: &Cloud,
     r: &lb_controller::Reconciler,

@@ -8,6 +8,8 @@
 //! - [`events`]: best-effort Kubernetes Event recording.
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease; work runs
 //!   only while this replica holds it.
+//! - [`runtime`]: the small tokio runtime (two workers, capped malloc
+//!   arenas) the binaries run on.
 //!
 //! ```no_run
 //! use suite_runtime::{http, leader, logging, shutdown::Shutdown};
@@ -34,6 +36,7 @@ pub mod http;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod shutdown;
 
 pub use shutdown::Shutdown;

@@ -433,3 +433,40 @@ fn per_port_parsing() {
     );
     assert!(PerPort::parse("a", "0:x").is_err());
 }
+
+#[test]
+fn ensured_cache_matches_only_the_same_uid_desired_lb_and_addresses() {
+    let s = svc(json!({}), json!({}));
+    let d = tr(&s).unwrap();
+    let entry = EnsuredEntry {
+        uid: "u1".into(),
+        digest: desired_digest(&d),
+        addresses: vec!["1.2.3.4".into()],
+    };
+    let cache = Ensured::default();
+    assert!(!cache.is_current("service/default/web", &entry));
+    cache.record("service/default/web", entry.clone());
+    assert!(cache.is_current("service/default/web", &entry));
+    // A changed annotation, a re-created Service, an edited status: all miss.
+    let changed = svc(json!({ann::BALANCE_MODE: "leastconn"}), json!({}));
+    let other = EnsuredEntry {
+        digest: desired_digest(&tr(&changed).unwrap()),
+        ..entry.clone()
+    };
+    assert_ne!(other.digest, entry.digest);
+    assert!(!cache.is_current("service/default/web", &other));
+    let recreated = EnsuredEntry {
+        uid: "u2".into(),
+        ..entry.clone()
+    };
+    assert!(!cache.is_current("service/default/web", &recreated));
+    let edited = EnsuredEntry {
+        addresses: vec![],
+        ..entry.clone()
+    };
+    assert!(!cache.is_current("service/default/web", &edited));
+    // Same input, same digest (within the process).
+    assert_eq!(desired_digest(&tr(&s).unwrap()), entry.digest);
+    cache.forget("service/default/web");
+    assert!(cache.is_empty());
+}

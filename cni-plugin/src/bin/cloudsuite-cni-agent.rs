@@ -65,8 +65,13 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Cidr::parse(s.trim())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+// The suite's small runtime (two workers, capped malloc arenas): idle
+// footprint, see suite_runtime::runtime.
+fn main() -> ExitCode {
+    suite_runtime::runtime::block_on(run())
+}
+
+async fn run() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = logging::init(args.log_format, "info,kube=warn") {
         eprintln!("{e}");

@@ -1,12 +1,14 @@
-//! Harness: namespaces with RAII cleanup, and the plugin run as a runtime does.
+//! Harness: namespaces with RAII cleanup, and the plugin run as a runtime
+//! does. The namespace primitives come from `netns-testkit` (shared with
+//! suite-tests' walk); this layer adds unique names and test-style panics.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use netns_testkit::Netns;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -37,93 +39,51 @@ pub fn unique(tag: &str) -> String {
 
 /// Runs `ip` and panics with its stderr on failure.
 pub fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns_testkit::ip(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A named network namespace deleted on drop.
+/// A named network namespace; one created here is deleted on drop.
 #[derive(Debug)]
 pub struct Ns {
     /// Name under /var/run/netns.
     pub name: String,
-    owned: bool,
+    inner: Netns,
 }
 
 impl Ns {
     /// Creates a fresh namespace with loopback up.
     pub fn new(tag: &str) -> Ns {
         let name = unique(tag);
-        ip(&["netns", "add", &name]);
-        let ns = Ns { name, owned: true };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
+        let inner = Netns::create(&name).unwrap_or_else(|e| panic!("{e}"));
+        Ns { name, inner }
     }
 
     /// Wraps a namespace someone else owns (not deleted on drop).
     pub fn borrowed(name: &str) -> Ns {
         Ns {
             name: name.to_string(),
-            owned: false,
+            inner: Netns::borrowed(name),
         }
     }
 
     /// Its path.
     pub fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
+        self.inner.path()
     }
 
     /// Deletes it now.
     pub fn delete(&mut self) {
-        if self.owned {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-            self.owned = false;
-        }
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        self.delete();
+        self.inner.delete();
     }
 }
 
 /// Runs `f` on a fresh thread inside namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = Path::new("/var/run/netns").join(ns);
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
+    netns_testkit::in_netns(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// What one plugin run returned.
-#[derive(Debug, Clone)]
-pub struct Run {
-    /// Exit success.
-    pub ok: bool,
-    /// Stdout parsed as JSON (Null when empty).
-    pub json: serde_json::Value,
-    /// Raw stdout.
-    pub stdout: String,
-}
-
-impl Run {
-    /// The CNI error code, when it failed.
-    pub fn code(&self) -> u64 {
-        self.json["code"].as_u64().unwrap_or(0)
-    }
-}
+/// What one plugin run returned (`ok`, `json`, `stdout`, `code()`).
+pub type Run = netns_testkit::CniRun;
 
 /// The plugin binary.
 pub fn plugin_bin() -> &'static str {
@@ -133,36 +93,7 @@ pub fn plugin_bin() -> &'static str {
 /// Executes `bin` exactly as a runtime does (env vars, config on stdin),
 /// from inside the node namespace `node`.
 pub fn exec(bin: &str, node: &str, env: &[(&str, &str)], stdin: &str) -> Run {
-    let bin = bin.to_string();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let stdin = stdin.to_string();
-    in_netns(node, move || {
-        let mut child = Command::new(&bin)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        Run {
-            ok: out.status.success(),
-            json: serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
-            stdout,
-        }
-    })
+    netns_testkit::exec_cni(Path::new(bin), node, env, stdin).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs our plugin for one command and attachment.
@@ -248,58 +179,17 @@ pub fn tcp_reaches(from: &str, to: &str, to_addr: Ipv4Addr) -> bool {
 
 /// [`tcp_reaches`] for either family.
 pub fn tcp_reaches_ip(from: &str, to: &str, to_addr: IpAddr) -> bool {
-    let listener = in_netns(to, move || TcpListener::bind((to_addr, 0)).unwrap());
-    let port = listener.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = listener.accept() {
-            let mut b = [0u8; 4];
-            if s.read_exact(&mut b).is_ok() {
-                let _ = s.write_all(&b);
-            }
-        }
-    });
-    let ok = in_netns(from, move || {
-        let Ok(mut s) =
-            TcpStream::connect_timeout(&SocketAddr::from((to_addr, port)), Duration::from_secs(2))
-        else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut b = [0u8; 4];
-        s.write_all(b"ping").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ping"
-    });
-    if !ok {
-        in_netns(to, move || {
-            let _ = TcpStream::connect_timeout(
-                &SocketAddr::from((to_addr, port)),
-                Duration::from_secs(1),
-            );
-        });
-    }
-    server.join().unwrap();
-    ok
+    netns_testkit::tcp_round_trip(from, to, to_addr).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Names of links in a namespace.
 pub fn links(ns: &str) -> Vec<String> {
-    let out = ip(&["-n", ns, "-j", "link", "show"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-        .collect()
+    netns_testkit::links(ns).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Link kinds (`veth`, `bridge`, `vxlan`, ...) in a namespace.
 pub fn link_kinds(ns: &str) -> Vec<String> {
-    let out = ip(&["-n", ns, "-d", "-j", "link", "show"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["linkinfo"]["info_kind"].as_str().map(str::to_string))
-        .collect()
+    netns_testkit::link_kinds(ns).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits (up to 5 s) until no link of `ns` satisfies `pred`; DEL leaves the

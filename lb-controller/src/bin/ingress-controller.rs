@@ -32,7 +32,8 @@ struct Args {
     /// Bandwidth (Mbps) of allocated EIPs when the Ingress does not say.
     #[arg(long, default_value_t = 10)]
     default_eip_bandwidth: u32,
-    /// Seconds between re-ensures of an unchanged Ingress (drift repair).
+    /// Seconds between batched resyncs of every Ingress LB (drift repair;
+    /// an idle resync costs a few Describe calls in all, no write).
     #[arg(long, default_value_t = 300)]
     resync_secs: u64,
     /// Metrics and health address.
@@ -55,8 +56,13 @@ struct Args {
     log_format: logging::LogFormat,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+// The suite's small runtime (two workers, capped malloc arenas): idle
+// footprint, see suite_runtime::runtime.
+fn main() -> anyhow::Result<()> {
+    suite_runtime::runtime::block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init(args.log_format, "info,kube=warn")?;
     let _ = rustls::crypto::ring::default_provider().install_default();

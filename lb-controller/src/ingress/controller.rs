@@ -35,7 +35,7 @@ use super::translate::{
     LbKey, Settings, Snapshot, TranslateError, eligible_nodes, is_ours, key_of, lb_key,
     sort_by_precedence, translate,
 };
-use crate::{LbStatus, Reconciler};
+use crate::{DesiredLb, LbStatus, Reconciler};
 
 /// Controller name (metrics label, Event reporter).
 pub const NAME: &str = "ingress";
@@ -149,7 +149,7 @@ pub struct Ctx {
     pub metrics: ReconcileMetrics,
     /// Reflected inputs.
     pub stores: Stores,
-    /// How often an unchanged Ingress is re-ensured (drift repair).
+    /// Period of the batched resync of every LB (drift repair).
     pub resync: Duration,
     locks: Mutex<HashMap<LbKey, Arc<tokio::sync::Mutex<()>>>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -189,7 +189,9 @@ impl Ctx {
         }
     }
 
-    fn lock_for(&self, key: &LbKey) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock serialising work on the LB `key`: reconciles of its members
+    /// wait for it, the batched resync skips an LB whose lock is held.
+    pub fn lock_for(&self, key: &LbKey) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -343,7 +345,8 @@ async fn reconcile_inner(ing: &Ingress, ctx: &Ctx) -> Result<Action, Error> {
         let fresh = api.get(&ing.name_any()).await?;
         patch_meta(&api, &fresh, Some(&key)).await?;
     }
-    Ok(Action::requeue(ctx.resync))
+    // No per-Ingress requeue: drift repair is the batched resync loop.
+    Ok(Action::await_change())
 }
 
 /// The Ingress is being deleted or is no longer ours: take its rules off
@@ -476,6 +479,60 @@ fn members(
     out
 }
 
+/// Owned copies of the reflected translation inputs, taken once per
+/// reconcile (or once per resync for every LB).
+struct Inputs {
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    nodes: Vec<Node>,
+    secrets: Vec<Secret>,
+}
+
+impl Inputs {
+    fn take(stores: &Stores) -> Self {
+        Inputs {
+            services: all(&stores.services),
+            slices: all(&stores.slices),
+            nodes: all(&stores.nodes),
+            secrets: all(&stores.secrets),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            services: &self.services,
+            slices: &self.slices,
+            nodes: &self.nodes,
+            secrets: &self.secrets,
+        }
+    }
+}
+
+/// Sorts `members` by precedence and translates them into the LB `key`;
+/// reports an invalid member and the translation's notices as Events.
+async fn desired_for(
+    ctx: &Ctx,
+    key: &LbKey,
+    members: &mut [Ingress],
+    inputs: &Inputs,
+) -> Result<DesiredLb, Error> {
+    if let Err(e) = sort_by_precedence(members) {
+        return Err(invalid_in(ctx, members, e).await);
+    }
+    let t = match translate(key, members, &inputs.snapshot(), &ctx.settings) {
+        Ok(t) => t,
+        Err(e) => return Err(invalid_in(ctx, members, e).await),
+    };
+    for n in &t.notices {
+        if let Some(m) = members.iter().find(|m| key_of(m) == n.object) {
+            ctx.events
+                .warning(&oref(m), n.reason, "EnsureLoadBalancer", n.message.clone())
+                .await;
+        }
+    }
+    Ok(t.desired)
+}
+
 /// Makes the LB `key` match its members; deletes it when there are none.
 /// Returns the LB status, or `None` when it was deleted.
 async fn ensure_lb(
@@ -490,32 +547,23 @@ async fn ensure_lb(
         ctx.lbs.delete(&owner).await?;
         return Ok(None);
     }
-    if let Err(e) = sort_by_precedence(&mut members) {
-        return Err(invalid_in(ctx, &members, e).await);
-    }
-    let services = all(&ctx.stores.services);
-    let slices = all(&ctx.stores.slices);
-    let nodes = all(&ctx.stores.nodes);
-    let secrets = all(&ctx.stores.secrets);
-    let snap = Snapshot {
-        services: &services,
-        slices: &slices,
-        nodes: &nodes,
-        secrets: &secrets,
-    };
-    let t = match translate(key, &members, &snap, &ctx.settings) {
-        Ok(t) => t,
-        Err(e) => return Err(invalid_in(ctx, &members, e).await),
-    };
-    for n in &t.notices {
-        if let Some(m) = members.iter().find(|m| key_of(m) == n.object) {
-            ctx.events
-                .warning(&oref(m), n.reason, "EnsureLoadBalancer", n.message.clone())
-                .await;
-        }
-    }
+    let desired = desired_for(ctx, key, &mut members, &Inputs::take(&ctx.stores)).await?;
     let trigger = include.or(exclude).unwrap_or(&members[0]);
-    let status = match ctx.lbs.ensure(&t.desired).await {
+    let result = ctx.lbs.ensure(&desired).await;
+    record_outcome(ctx, &members, trigger, result)
+        .await
+        .map(Some)
+}
+
+/// Reports an ensure's outcome: Events on the members, and their
+/// `status.loadBalancer` when the addresses changed.
+async fn record_outcome(
+    ctx: &Ctx,
+    members: &[Ingress],
+    trigger: &Ingress,
+    result: crate::Result<LbStatus>,
+) -> Result<LbStatus, Error> {
+    let status = match result {
         Ok(s) => s,
         Err(e) => {
             ctx.events
@@ -529,7 +577,7 @@ async fn ensure_lb(
             return Err(e.into());
         }
     };
-    for m in &members {
+    for m in members {
         let fresh = status_ips(m) != status.addresses;
         if status.operations > 0 || fresh {
             ctx.events
@@ -549,7 +597,120 @@ async fn ensure_lb(
             set_status(&ctx.kube, m, &status.addresses).await?;
         }
     }
-    Ok(Some(status))
+    Ok(status)
+}
+
+/// Outcome of a batched resync, counted in load balancers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResyncReport {
+    /// LBs ensured (unchanged ones cost no write).
+    pub ensured: usize,
+    /// LBs whose translation or ensure failed.
+    pub failed: usize,
+    /// LBs skipped because the work queue was reconciling them.
+    pub skipped: usize,
+}
+
+/// Re-ensures every LB of every Ingress we serve in one batch (drift
+/// repair): members come from the reflector stores (no API list), and
+/// lb-controller's `ensure_many` observes all LBs with batched Describe
+/// calls, so an idle resync costs a constant handful of Describes (paging
+/// aside) and no write, whatever the number of Ingresses. Ingresses not yet
+/// finalized, being deleted, or moving between LBs are left to the work
+/// queue, as are LBs the queue holds at this moment.
+pub async fn resync_all(ctx: &Ctx) -> ResyncReport {
+    let classes = all(&ctx.stores.classes);
+    // One entry per LB, with an Ingress that names it (a plain Ingress is
+    // its LB's only member; a group's members are gathered below).
+    let mut lbs: std::collections::BTreeMap<LbKey, Ingress> = Default::default();
+    for ing in ctx.stores.ingresses.state() {
+        if ing.metadata.deletion_timestamp.is_some()
+            || !has_finalizer(&ing)
+            || !is_ours(&ing, &classes, &ctx.settings.controller_name)
+        {
+            continue;
+        }
+        let Ok(key) = lb_key(&ing) else { continue };
+        if applied_key(&ing).as_ref() != Some(&key) {
+            continue;
+        }
+        lbs.entry(key).or_insert_with(|| (*ing).clone());
+    }
+    let mut report = ResyncReport::default();
+    let inputs = Inputs::take(&ctx.stores);
+    // Guards are held until the outcomes are recorded, so the queue never
+    // works on an LB the batch is changing.
+    let mut guards = Vec::new();
+    let mut batch: Vec<(Vec<Ingress>, DesiredLb)> = Vec::new();
+    for (key, ing) in lbs {
+        let Ok(guard) = ctx.lock_for(&key).try_lock_owned() else {
+            report.skipped += 1;
+            continue;
+        };
+        let include = matches!(key, LbKey::Single { .. }).then_some(&ing);
+        let mut members = members(ctx, &key, include, None);
+        if members.is_empty() {
+            continue;
+        }
+        match desired_for(ctx, &key, &mut members, &inputs).await {
+            Ok(d) => {
+                guards.push(guard);
+                batch.push((members, d));
+            }
+            Err(e) => {
+                report.failed += 1;
+                ctx.metrics.record(NAME, e.metric_label());
+                tracing::warn!(lb = ?key, error = %e, "ingress resync: cannot translate");
+            }
+        }
+    }
+    let desired: Vec<DesiredLb> = batch.iter().map(|(_, d)| d.clone()).collect();
+    let results = ctx.lbs.ensure_many(&desired).await;
+    for ((members, d), result) in batch.iter().zip(results) {
+        match record_outcome(ctx, members, &members[0], result).await {
+            Ok(_) => report.ensured += 1,
+            Err(e) => {
+                report.failed += 1;
+                ctx.metrics.record(NAME, e.metric_label());
+                tracing::warn!(owner = %d.owner, error = %e, "ingress resync failed");
+            }
+        }
+    }
+    drop(guards);
+    report
+}
+
+/// Runs [`resync_all`] every `ctx.resync` until `shutdown`. After a resync
+/// with failures the next one comes sooner (2 s doubling, capped at the
+/// period): the work queue does not requeue successful Ingresses, so this
+/// loop is what retries a failed drift repair.
+async fn resync_loop(ctx: Arc<Ctx>, shutdown: Shutdown) {
+    let mut failures: u32 = 0;
+    loop {
+        let wait = if failures == 0 {
+            ctx.resync
+        } else {
+            Duration::from_secs(2)
+                .saturating_mul(1u32 << (failures - 1).min(16))
+                .min(ctx.resync)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => return,
+        }
+        let r = resync_all(&ctx).await;
+        tracing::debug!(
+            ensured = r.ensured,
+            failed = r.failed,
+            skipped = r.skipped,
+            "ingress resync"
+        );
+        failures = if r.failed > 0 {
+            failures.saturating_add(1)
+        } else {
+            0
+        };
+    }
 }
 
 async fn invalid(ctx: &Ctx, ing: &Ingress, e: TranslateError) -> Error {
@@ -684,6 +845,7 @@ pub async fn run(
         identity,
         resync,
     ));
+    let resync_task = tokio::spawn(resync_loop(ctx.clone(), shutdown.clone()));
     let (s1, s2, s3) = (ing_store.clone(), ing_store.clone(), ing_store.clone());
     controller
         .reconcile_all_on(class_trigger)
@@ -726,6 +888,8 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+    // Let a resync in progress finish its writes (like in-flight reconciles).
+    let _ = resync_task.await;
     for b in background {
         b.abort();
     }

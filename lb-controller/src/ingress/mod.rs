@@ -6,7 +6,8 @@
 //! - [`translate`]: pure Ingress(es) -> `DesiredLb` translation (class
 //!   selection, groups and precedence, pathType semantics, backends, TLS).
 //! - [`controller`]: the reconcile loop (finalizer, ensure, status, Events,
-//!   deletion), the watches, and [`controller::run`].
+//!   deletion), the batched resync ([`controller::resync_all`]), the
+//!   watches, and [`controller::run`].
 //!
 //! The binary `ingress-controller` wires it with suite-runtime's logging,
 //! metrics, health, leader election and graceful shutdown.
@@ -20,5 +21,5 @@ pub mod translate;
 mod tests;
 
 pub use annotations::{CONTROLLER_NAME, FINALIZER};
-pub use controller::{Ctx, Error, Stores, reconcile, run};
+pub use controller::{Ctx, Error, ResyncReport, Stores, reconcile, resync_all, run};
 pub use translate::{LbKey, Settings, Snapshot, TranslateError, Translation, translate};

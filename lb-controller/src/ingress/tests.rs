@@ -379,6 +379,32 @@ fn ssl_redirect_keeps_tls_hosts_off_plain_http() {
     assert_eq!(one(&i, &w).unwrap_err().field, ann::SSL_REDIRECT);
 }
 
+/// The documented fall-through (docs/ANNOTATIONS.md, "ssl-redirect"): with
+/// no redirect in the API, plain HTTP for an enforced host reaches the
+/// defaultBackend; a host whose Secret is missing stays on plain HTTP.
+#[test]
+fn ssl_redirect_falls_through_to_the_default_backend_and_needs_the_secret() {
+    let w = World::new();
+    let spec = json!({
+        "defaultBackend": backend("b"),
+        "tls": [{"hosts": ["a.example.com"], "secretName": "s1"},
+                {"hosts": ["b.example.com"], "secretName": "missing"}],
+        "rules": [{"host": "a.example.com", "http": {"paths": [path("/", "Prefix", "a")]}},
+                  {"host": "b.example.com", "http": {"paths": [path("/", "Prefix", "b")]}}],
+    });
+    let i = ingress("web", spec, json!({ann::SSL_REDIRECT: "true"}));
+    let t = one(&i, &w).unwrap();
+    let http = &t.desired.listeners[0];
+    assert_eq!(http.port, HTTP_PORT);
+    let hosts: Vec<_> = http.rules.iter().map(|r| r.host.clone().unwrap()).collect();
+    assert_eq!(hosts, vec!["b.example.com"], "a.example.com is HTTPS-only");
+    assert!(
+        !http.default_backends.is_empty(),
+        "the defaultBackend still serves plain HTTP for unmatched hosts"
+    );
+    assert!(t.notices.iter().any(|n| n.reason == "SecretNotFound"));
+}
+
 #[test]
 fn annotation_errors_name_the_annotation() {
     let w = World::new();

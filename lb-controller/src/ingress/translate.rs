@@ -15,7 +15,7 @@
 //! `*.wildcard` over no host, then the longest path, Exact over Prefix of
 //! the same length, which is the Kubernetes precedence.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
@@ -295,37 +295,8 @@ pub fn sort_by_precedence(members: &mut [Ingress]) -> Result<(), TranslateError>
 
 // ---------------------------------------------------------------- nodes
 
-/// Instance ids of nodes that may receive traffic: Ready, not being
-/// deleted, not tainted shutdown/uninitialized, not excluded by the standard
-/// label, with a providerID of ours. Keyed by node name.
-pub fn eligible_nodes(nodes: &[Node], provider_name: &str) -> BTreeMap<String, String> {
-    const SHUTDOWN: &str = "node.cloudprovider.kubernetes.io/shutdown";
-    const UNINIT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
-    const EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-    nodes
-        .iter()
-        .filter(|n| n.metadata.deletion_timestamp.is_none())
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                .is_some_and(|c| c.status == "True")
-        })
-        .filter(|n| {
-            let taints = n.spec.as_ref().and_then(|s| s.taints.as_ref());
-            !taints.is_some_and(|t| t.iter().any(|t| t.key == SHUTDOWN || t.key == UNINIT))
-        })
-        .filter(|n| !n.labels().contains_key(EXCLUDE))
-        .filter_map(|n| {
-            let pid = n.spec.as_ref()?.provider_id.as_deref()?;
-            let rest = pid.strip_prefix(provider_name)?.strip_prefix("://")?;
-            let rest = rest.strip_prefix('/').unwrap_or(rest);
-            let (_zone, id) = rest.split_once('/')?;
-            (!id.is_empty() && !id.contains('/')).then(|| (n.name_any(), id.to_string()))
-        })
-        .collect()
-}
+/// The node eligibility rule shared with the Service controller.
+pub use crate::nodes::eligible_nodes;
 
 // ---------------------------------------------------------------- backends
 
@@ -992,8 +963,11 @@ pub fn translate(
         l.rules = rules;
         l
     };
-    // ssl-redirect: the cloud API has no redirect action, so a TLS host
-    // marked ssl-redirect is simply not routed over plain HTTP.
+    // ssl-redirect: the cloud API has no redirect (no listener field or
+    // policy rule type answers with a status or Location), so a TLS host
+    // marked ssl-redirect is enforced instead: its rules are left off the
+    // HTTP listener, and a plain request for it routes as an unknown host
+    // would (wildcard, host-less rule, defaultBackend, else 503).
     let http_rules: Vec<DesiredRule> = all_rules
         .iter()
         .filter(|r| {

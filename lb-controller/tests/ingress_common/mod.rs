@@ -117,8 +117,20 @@ pub fn mock_kube(emu: Arc<Emulator>) -> MockState {
 }
 
 impl Env {
-    /// Emulator whose LB data plane is the real proxy (EIPs on 127.77.0.0/24).
+    /// Emulator whose LB data plane is the real proxy (EIPs on 127.79.x.0/24).
     pub async fn start() -> Env {
+        let mut dp = DataPlane::noop();
+        dp.lbs = Arc::new(ProxyLbDriver::new(ProxyOptions::default()).unwrap());
+        Env::start_with(dp).await
+    }
+
+    /// Emulator with only its control plane (no proxy, so backends may be
+    /// addresses nothing listens on and no packet is ever sent to them).
+    pub async fn start_control_plane_only() -> Env {
+        Env::start_with(DataPlane::noop()).await
+    }
+
+    async fn start_with(dp: DataPlane) -> Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = EmulatorConfig::for_tests(dir.path());
@@ -128,8 +140,6 @@ impl Env {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         cfg.eip_pool = format!("127.79.{}.0/24", (std::process::id() * 7 + n) % 250);
-        let mut dp = DataPlane::noop();
-        dp.lbs = Arc::new(ProxyLbDriver::new(ProxyOptions::default()).unwrap());
         cfg.data_plane = dp;
         let emu = Arc::new(Emulator::start(cfg).await.unwrap());
         let client = iaas_client(&emu);

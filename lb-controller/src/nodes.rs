@@ -1,0 +1,146 @@
+//! Which Kubernetes Nodes may receive load balancer traffic. The one rule
+//! shared by the Service controller (cloud-controller-manager) and the
+//! Ingress controller, so both send traffic to the same set of instances.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+
+/// Taint the cloud-controller-manager puts on nodes whose instance is stopped.
+pub const TAINT_SHUTDOWN: &str = "node.cloudprovider.kubernetes.io/shutdown";
+/// Taint kubelet (`--cloud-provider=external`) puts on nodes not yet initialised.
+pub const TAINT_UNINITIALIZED: &str = "node.cloudprovider.kubernetes.io/uninitialized";
+/// Standard label excluding a node from external load balancers.
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// Parses a providerID of `provider` (`<provider>://<zone>/<instance>`, or
+/// the AWS-style `<provider>:///<zone>/<instance>`) into `(zone, instance
+/// id)`; `None` for another provider's id or a malformed one.
+pub fn parse_provider_id(provider: &str, id: &str) -> Option<(String, String)> {
+    let rest = id.strip_prefix(provider)?.strip_prefix("://")?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let (zone, instance) = rest.split_once('/')?;
+    if instance.is_empty() || instance.contains('/') {
+        return None;
+    }
+    Some((zone.to_string(), instance.to_string()))
+}
+
+fn ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+fn tainted(n: &Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| {
+            t.iter()
+                .any(|t| t.key == TAINT_SHUTDOWN || t.key == TAINT_UNINITIALIZED)
+        })
+}
+
+/// Instance ids of the nodes that may receive LB traffic, keyed by node
+/// name: Ready, not being deleted, not tainted shutdown or uninitialised
+/// (traffic would be dropped), not excluded by [`EXCLUDE_LABEL`], and with
+/// a providerID of `provider_name` (another provider's node is no instance
+/// of ours and cannot be a backend).
+pub fn eligible_nodes(nodes: &[Node], provider_name: &str) -> BTreeMap<String, String> {
+    nodes
+        .iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_none())
+        .filter(|n| ready(n) && !tainted(n))
+        .filter(|n| !n.labels().contains_key(EXCLUDE_LABEL))
+        .filter_map(|n| {
+            let pid = n.spec.as_ref()?.provider_id.as_deref()?;
+            let (_zone, id) = parse_provider_id(provider_name, pid)?;
+            Some((n.name_any(), id))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, pid: Option<&str>, ready: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"providerID": pid},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn provider_ids() {
+        let p = |s| parse_provider_id("cloudsuite", s);
+        assert_eq!(
+            p("cloudsuite://emu1/i-1"),
+            Some(("emu1".into(), "i-1".into()))
+        );
+        assert_eq!(
+            p("cloudsuite:///emu1/i-1"),
+            Some(("emu1".into(), "i-1".into()))
+        );
+        for bad in [
+            "aws:///emu1/i-1",
+            "cloudsuitex://emu1/i-1",
+            "cloudsuite://emu1",
+            "cloudsuite://emu1/",
+            "cloudsuite://emu1/a/b",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_ready_untainted_unexcluded_nodes_of_ours() {
+        let mut shutdown = node("shut", Some("cloudsuite://z/i-3"), "True");
+        shutdown.spec.as_mut().unwrap().taints = Some(vec![
+            serde_json::from_value(json!({"key": TAINT_SHUTDOWN, "effect": "NoSchedule"})).unwrap(),
+        ]);
+        let mut uninit = node("uninit", Some("cloudsuite://z/i-4"), "True");
+        uninit.spec.as_mut().unwrap().taints = Some(vec![
+            serde_json::from_value(json!({"key": TAINT_UNINITIALIZED, "effect": "NoSchedule"}))
+                .unwrap(),
+        ]);
+        let mut excluded = node("excl", Some("cloudsuite://z/i-5"), "True");
+        excluded
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(EXCLUDE_LABEL.into(), String::new());
+        let mut going = node("going", Some("cloudsuite://z/i-6"), "True");
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2024-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        let nodes = vec![
+            node("a", Some("cloudsuite://z/i-1"), "True"),
+            node("b", Some("cloudsuite:///z/i-2"), "True"),
+            node("notready", Some("cloudsuite://z/i-7"), "False"),
+            node("unknown", Some("cloudsuite://z/i-8"), "Unknown"),
+            node("foreign", Some("aws:///z/i-9"), "True"),
+            node("nopid", None, "True"),
+            shutdown,
+            uninit,
+            excluded,
+            going,
+        ];
+        let e = eligible_nodes(&nodes, "cloudsuite");
+        assert_eq!(
+            e.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("a".to_string(), "i-1".to_string()),
+                ("b".to_string(), "i-2".to_string())
+            ]
+        );
+    }
+}

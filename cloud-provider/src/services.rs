@@ -26,6 +26,7 @@ use lb_controller::model::{
     DesiredListener, EipSource, HealthCheck, HealthCheckMethod, HealthCheckTiming, LbNetwork,
     LbOwner, OwnerKind, Protocol,
 };
+use lb_controller::watch::slim;
 use serde_json::json;
 use suite_runtime::Shutdown;
 
@@ -825,7 +826,7 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
     let node_reflector = tokio::spawn(
         reflector::reflector(
             node_writer,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(slim),
         )
         .default_backoff()
         .touched_objects()
@@ -855,7 +856,8 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
             watcher(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default(),
-            ),
+            )
+            .modify(slim),
         )
         .default_backoff()
         .for_each(|_| futures::future::ready(())),

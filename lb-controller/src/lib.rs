@@ -51,6 +51,7 @@ pub mod nodes;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use model::{DesiredLb, LbOwner};

@@ -25,6 +25,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
+
+use crate::watch::slim;
 use serde_json::{Value, json};
 use suite_runtime::Shutdown;
 use suite_runtime::events::EventRecorder;
@@ -782,7 +784,7 @@ pub async fn run(
     // Class changes and changes of the eligible node set touch every Ingress.
     let class_trigger = reflector::reflector(
         class_w,
-        watcher(Api::<IngressClass>::all(kube.clone()), cfg()),
+        watcher(Api::<IngressClass>::all(kube.clone()), cfg()).modify(slim),
     )
     .default_backoff()
     .touched_objects()
@@ -790,28 +792,34 @@ pub async fn run(
     let provider = settings.provider_name.clone();
     let node_store = nodes.clone();
     let mut last = None;
-    let node_trigger = reflector::reflector(node_w, watcher(Api::<Node>::all(kube.clone()), cfg()))
-        .default_backoff()
-        .touched_objects()
-        .filter_map(move |r| {
-            let changed = r.is_ok() && {
-                let now = eligible_nodes(&all(&node_store), &provider);
-                let c = last.as_ref() != Some(&now);
-                last = Some(now);
-                c
-            };
-            futures::future::ready(changed.then_some(()))
-        });
+    let node_trigger = reflector::reflector(
+        node_w,
+        watcher(Api::<Node>::all(kube.clone()), cfg()).modify(slim),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(move |r| {
+        let changed = r.is_ok() && {
+            let now = eligible_nodes(&all(&node_store), &provider);
+            let c = last.as_ref() != Some(&now);
+            last = Some(now);
+            c
+        };
+        futures::future::ready(changed.then_some(()))
+    });
     let background = vec![
         tokio::spawn(
-            reflector::reflector(svc_w, watcher(Api::<Service>::all(kube.clone()), cfg()))
-                .default_backoff()
-                .for_each(|_| futures::future::ready(())),
+            reflector::reflector(
+                svc_w,
+                watcher(Api::<Service>::all(kube.clone()), cfg()).modify(slim),
+            )
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
         ),
         tokio::spawn(
             reflector::reflector(
                 slice_w,
-                watcher(Api::<EndpointSlice>::all(kube.clone()), cfg()),
+                watcher(Api::<EndpointSlice>::all(kube.clone()), cfg()).modify(slim),
             )
             .default_backoff()
             .for_each(|_| futures::future::ready(())),
@@ -819,7 +827,7 @@ pub async fn run(
         tokio::spawn(
             reflector::reflector(
                 secret_w,
-                watcher(Api::<Secret>::all(kube.clone()), tls_only()),
+                watcher(Api::<Secret>::all(kube.clone()), tls_only()).modify(slim),
             )
             .default_backoff()
             .for_each(|_| futures::future::ready(())),

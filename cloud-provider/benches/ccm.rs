@@ -30,6 +30,7 @@ use iaas_emulator::{Emulator, EmulatorConfig};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use suite_tests::calls::{by_action, total, writes};
 use suite_tests::control_plane::ControlPlane;
 
 const UNINIT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
@@ -223,40 +224,7 @@ fn ms(d: Duration) -> String {
 
 /// Calls per action since the last reset.
 fn calls(emu: &Emulator) -> BTreeMap<String, u64> {
-    emu.stats()
-        .into_iter()
-        .filter(|(_, s)| s.calls > 0)
-        .map(|(a, s)| (a, s.calls))
-        .collect()
-}
-
-fn total(c: &BTreeMap<String, u64>) -> u64 {
-    c.values().sum()
-}
-
-fn writes(c: &BTreeMap<String, u64>) -> u64 {
-    c.iter()
-        .filter(|(a, _)| !a.starts_with("Describe"))
-        .map(|(_, n)| n)
-        .sum()
-}
-
-/// `Action n, Action m` (per `div` when given, one decimal).
-fn by_action(c: &BTreeMap<String, u64>, div: f64) -> String {
-    if c.is_empty() {
-        return "none".into();
-    }
-    c.iter()
-        .map(|(a, n)| {
-            let v = *n as f64 / div;
-            if v.fract() == 0.0 {
-                format!("{a} {v:.0}")
-            } else {
-                format!("{a} {v:.1}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    suite_tests::calls::per_action(emu)
 }
 
 fn lb_service(name: &str) -> anyhow::Result<Service> {

@@ -31,6 +31,7 @@ use ingress_common::*;
 use k8s_openapi::api::networking::v1::Ingress;
 use lb_controller::ingress::{reconcile, resync_all};
 use serde_json::json;
+use suite_tests::calls::{by_action, total, writes};
 
 fn web(name: &str) -> Ingress {
     ingress(
@@ -42,41 +43,7 @@ fn web(name: &str) -> Ingress {
 
 /// Calls per action since the last reset.
 fn calls(env: &Env) -> BTreeMap<String, u64> {
-    env.emu
-        .stats()
-        .into_iter()
-        .filter(|(_, s)| s.calls > 0)
-        .map(|(a, s)| (a, s.calls))
-        .collect()
-}
-
-fn total(c: &BTreeMap<String, u64>) -> u64 {
-    c.values().sum()
-}
-
-fn writes(c: &BTreeMap<String, u64>) -> u64 {
-    c.iter()
-        .filter(|(a, _)| !a.starts_with("Describe"))
-        .map(|(_, n)| n)
-        .sum()
-}
-
-/// `Action n, Action m`, divided by `div` (one decimal when fractional).
-fn by_action(c: &BTreeMap<String, u64>, div: f64) -> String {
-    if c.is_empty() {
-        return "none".into();
-    }
-    c.iter()
-        .map(|(a, n)| {
-            let v = *n as f64 / div;
-            if v.fract() == 0.0 {
-                format!("{a} {v:.0}")
-            } else {
-                format!("{a} {v:.1}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    suite_tests::calls::per_action(&env.emu)
 }
 
 /// Nearest-rank percentile of sorted samples.

@@ -1,5 +1,6 @@
 //! End-to-end helpers shared by the suites in `tests/tests/` and the walk.
 
+pub mod calls;
 pub mod cni_walk;
 pub mod control_plane;
 pub mod csi_walk;

@@ -3,6 +3,8 @@
 mod common;
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::time::Duration;
 
 use common::*;
 
@@ -180,6 +182,102 @@ fn concurrent_adds_never_share_an_address() {
         assert!(r.ok, "{}", r.stdout);
     }
     assert!(wait_links_gone(&node.name, |l| l.starts_with("cse")));
+}
+
+/// Whether a UDP datagram sent from `src` in namespace `from` reaches a
+/// socket bound to `to_addr` in namespace `to` (1 s wait).
+fn udp_arrives(from: &str, src: Ipv4Addr, to: &str, to_addr: Ipv4Addr) -> bool {
+    let rx = in_netns(to, move || UdpSocket::bind((to_addr, 0)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let port = rx.local_addr().unwrap().port();
+    in_netns(from, move || {
+        let tx = UdpSocket::bind((src, 0)).unwrap();
+        tx.send_to(b"who am i", (to_addr, port)).unwrap();
+    });
+    let mut buf = [0u8; 16];
+    matches!(rx.recv_from(&mut buf), Ok((_, peer)) if peer.ip() == IpAddr::V4(src))
+}
+
+/// The node's count of packets dropped by the reverse-path filter.
+fn rp_filter_drops(node: &str) -> u64 {
+    let text = ip(&["netns", "exec", node, "cat", "/proc/net/netstat"]);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "IPReversePathFilter")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("IPReversePathFilter in /proc/net/netstat")
+}
+
+#[test]
+fn a_pod_cannot_send_from_an_address_it_was_not_given() {
+    if !privileged() {
+        return;
+    }
+    let node = Ns::new("n");
+    let (pod, other) = (Ns::new("p"), Ns::new("p"));
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf("10.250.4.0/24", dir.path());
+    let add = cni(&node.name, "ADD", "spoof", Some(&pod.path()), &c);
+    assert!(add.ok, "{}", add.stdout);
+    let pod_ip = result_ip(&add);
+    let add_other = cni(&node.name, "ADD", "victim", Some(&other.path()), &c);
+    assert!(add_other.ok, "{}", add_other.stdout);
+    let other_ip = result_ip(&add_other).to_string();
+    ip(&[
+        "-n",
+        &node.name,
+        "addr",
+        "add",
+        "192.0.2.20/32",
+        "dev",
+        "lo",
+    ]);
+    // The node routes everything else somewhere (as a real node's default
+    // route does), so only a strict check tells the forged sources apart:
+    // a loose one passes any source the node can route at all.
+    ip(&[
+        "-n", &node.name, "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+    ]);
+    for l in ["up0", "up1"] {
+        ip(&["-n", &node.name, "link", "set", l, "up"]);
+    }
+    ip(&["-n", &node.name, "route", "add", "default", "dev", "up0"]);
+    let node_ip: Ipv4Addr = "192.0.2.20".parse().unwrap();
+    assert!(udp_arrives(&pod.name, pod_ip, &node.name, node_ip));
+
+    // A pod with NET_ADMIN adds an address that is not its own (the other
+    // pod's, and one from outside the cluster) and sends from it: the host
+    // veth's strict reverse-path check drops it before it is forwarded.
+    let before = rp_filter_drops(&node.name);
+    for forged in [other_ip.as_str(), "203.0.113.9"] {
+        ip(&[
+            "-n",
+            &pod.name,
+            "addr",
+            "add",
+            &format!("{forged}/32"),
+            "dev",
+            "eth0",
+        ]);
+        let forged: Ipv4Addr = forged.parse().unwrap();
+        assert!(
+            !udp_arrives(&pod.name, forged, &node.name, node_ip),
+            "a datagram from forged source {forged} reached the node"
+        );
+    }
+    assert!(
+        rp_filter_drops(&node.name) >= before + 2,
+        "the reverse-path filter did not count the forged datagrams"
+    );
+    // Its own address still works.
+    assert!(udp_arrives(&pod.name, pod_ip, &node.name, node_ip));
+    for (cid, ns) in [("spoof", &pod), ("victim", &other)] {
+        let del = cni(&node.name, "DEL", cid, Some(&ns.path()), &c);
+        assert!(del.ok, "{}", del.stdout);
+    }
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //!   cargo bench -p cloud-provider --bench ccm -- --nodes 500,2000
 //! ```
 //!
+//! Profiling: `CCM_BENCH_BIN` runs another build of the CCM (one with
+//! symbols) and `CCM_BENCH_WRAPPER` prefixes a command (`heaptrack -o F`).
+//!
 //! Everything it starts is owned by a guard (the CCM child is killed by PID,
 //! the control plane and the emulator are stopped, temp dirs removed), also
 //! when a step fails.
@@ -143,7 +146,15 @@ fn spawn_ccm(
 ) -> anyhow::Result<Ccm> {
     let out = std::fs::File::create(&log)?;
     let err = out.try_clone()?;
-    let child = Command::new(env!("CARGO_BIN_EXE_cloud-controller-manager"))
+    // CCM_BENCH_BIN runs another build (one with symbols, say) and
+    // CCM_BENCH_WRAPPER prefixes a profiler (`heaptrack -o /tmp/hp/ccm`).
+    let bin = std::env::var("CCM_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloud-controller-manager").to_string());
+    let wrapper = std::env::var("CCM_BENCH_WRAPPER").unwrap_or_default();
+    let mut argv: Vec<&str> = wrapper.split_whitespace().collect();
+    argv.push(&bin);
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
         .arg("--cloud-config")
         .arg(cloud_config)
         .arg("--kubeconfig")

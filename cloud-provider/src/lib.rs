@@ -15,6 +15,7 @@ pub mod config;
 pub mod context;
 pub mod lifecycle;
 pub mod manager;
+pub mod node_cache;
 pub mod nodes;
 pub mod provider;
 pub mod rbac;

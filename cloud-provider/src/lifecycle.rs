@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use iaas_client::model::Instance;
 use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use suite_runtime::Shutdown;
 
 use crate::context::{Context, Error, describe_instances_by_id};
+use crate::node_cache::NodeCache;
 use crate::provider::{self, TAINT_SHUTDOWN, TAINT_UNINITIALIZED};
 
 /// Controller name (metrics, logs).
@@ -87,8 +88,13 @@ pub fn with_shutdown_taint(node: &Node, present: bool) -> Vec<Taint> {
     out
 }
 
-/// Runs a pass every `period` until `shutdown`.
-pub async fn run(ctx: Arc<Context>, period: Duration, shutdown: Shutdown) {
+/// Runs a pass every `period` until `shutdown`, over the shared Node cache
+/// (from its first complete listing on).
+pub async fn run(ctx: Arc<Context>, cache: NodeCache, period: Duration, shutdown: Shutdown) {
+    tokio::select! {
+        ready = cache.ready() => if !ready { return },
+        _ = shutdown.wait() => return,
+    }
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -96,7 +102,7 @@ pub async fn run(ctx: Arc<Context>, period: Duration, shutdown: Shutdown) {
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        match pass(&ctx).await {
+        match pass(&ctx, &cache.nodes()).await {
             Ok(()) => ctx.metrics.record(NAME, "ok"),
             Err(e) => {
                 ctx.metrics.record(NAME, e.metric_label());
@@ -106,11 +112,11 @@ pub async fn run(ctx: Arc<Context>, period: Duration, shutdown: Shutdown) {
     }
 }
 
-/// One pass over every node. A failed DescribeInstances ends the pass
-/// before any decision: a node is never deleted on missing data.
-pub async fn pass(ctx: &Context) -> Result<(), Error> {
+/// One pass over `nodes` (every Node of the cluster). A failed
+/// DescribeInstances ends the pass before any decision: a node is never
+/// deleted on missing data.
+pub async fn pass(ctx: &Context, nodes: &[Arc<Node>]) -> Result<(), Error> {
     let api: Api<Node> = Api::all(ctx.kube.clone());
-    let nodes = api.list(&ListParams::default()).await?.items;
     let cfg = &ctx.config;
     // Only nodes of this provider and zone: another zone's instances are
     // invisible to this endpoint, and must not look "gone".
@@ -119,7 +125,7 @@ pub async fn pass(ctx: &Context) -> Result<(), Error> {
         .filter_map(|n| {
             let pid = n.spec.as_ref()?.provider_id.as_deref()?;
             let (zone, id) = provider::parse_provider_id(&cfg.provider_name, pid)?;
-            (zone == cfg.zone).then_some((n, id))
+            (zone == cfg.zone).then_some((&**n, id))
         })
         .collect();
     if ours.is_empty() {

@@ -12,7 +12,7 @@ use suite_runtime::metrics::ReconcileMetrics;
 
 use crate::config::{self, Flags};
 use crate::context::Context;
-use crate::{lifecycle, nodes, routes, services};
+use crate::{lifecycle, node_cache, nodes, routes, services};
 
 /// Builds a Kubernetes client from `--kubeconfig`, else in-cluster/default inference.
 pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
@@ -34,12 +34,30 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 /// Runs the enabled controllers until `shutdown` (or until the task is aborted on lost leadership).
 pub async fn run_controllers(ctx: Arc<Context>, flags: Flags, shutdown: Shutdown) {
     let mut tasks = Vec::new();
+    // One watch of Nodes for every controller (see node_cache).
+    let (cache, feeds, watch) = node_cache::node_cache(
+        kube::Api::all(ctx.kube.clone()),
+        ctx.config.provider_name.clone(),
+    );
+    let watch_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = watch => {}
+            _ = watch_shutdown.wait() => {}
+        }
+    }));
     if flags.runs("node") {
-        tasks.push(tokio::spawn(nodes::run(ctx.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(nodes::run(
+            ctx.clone(),
+            cache.clone(),
+            feeds.needs_init,
+            shutdown.clone(),
+        )));
     }
     if flags.runs("lifecycle") {
         tasks.push(tokio::spawn(lifecycle::run(
             ctx.clone(),
+            cache.clone(),
             flags.node_monitor_period,
             shutdown.clone(),
         )));
@@ -47,6 +65,7 @@ pub async fn run_controllers(ctx: Arc<Context>, flags: Flags, shutdown: Shutdown
     if flags.runs("route") {
         tasks.push(tokio::spawn(routes::run(
             ctx.clone(),
+            cache.clone(),
             flags.route_reconcile_period,
             shutdown.clone(),
         )));
@@ -54,6 +73,8 @@ pub async fn run_controllers(ctx: Arc<Context>, flags: Flags, shutdown: Shutdown
     if flags.runs("service") {
         tasks.push(tokio::spawn(services::run(
             ctx.clone(),
+            cache.clone(),
+            feeds.backends_changed,
             flags.service_resync_period,
             shutdown.clone(),
         )));

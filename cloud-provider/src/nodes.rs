@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use iaas_client::actions::DescribeInstances;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
@@ -18,6 +18,7 @@ use serde_json::json;
 use suite_runtime::Shutdown;
 
 use crate::context::{Context, Error};
+use crate::node_cache::NodeCache;
 use crate::provider::{self, NodeInit, TAINT_UNINITIALIZED};
 
 /// Controller name (metrics, logs).
@@ -36,10 +37,15 @@ pub fn needs_init(node: &Node) -> bool {
             .is_none_or(str::is_empty)
 }
 
-/// Runs the controller until `shutdown`.
-pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) {
-    let api = Api::<Node>::all(ctx.kube.clone());
-    Controller::new(api, watcher::Config::default())
+/// Runs the controller until `shutdown`, fed by the shared Node cache:
+/// `needs_init` carries the Nodes to initialise, `cache` is their store.
+pub async fn run(
+    ctx: Arc<Context>,
+    cache: NodeCache,
+    needs_init: impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    shutdown: Shutdown,
+) {
+    Controller::for_stream(needs_init, cache.store)
         .graceful_shutdown_on(async move { shutdown.wait().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

@@ -12,21 +12,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use iaas_client::actions::{
     AddRouterStatics, DeleteRouterStatics, DescribeRouterStatics, DescribeRouters,
     RouterStaticSpec, UpdateRouters,
 };
 use iaas_client::model::{RouterStatic, STATIC_TYPE_ROUTE};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use suite_runtime::Shutdown;
 
 use crate::cidr::Cidr;
 use crate::context::{Context, Error};
+use crate::node_cache::NodeCache;
 use crate::provider;
 
 /// Controller name (metrics, logs).
@@ -62,9 +61,10 @@ pub struct DesiredRoute {
 /// The routes nodes need: one per IPv4 pod CIDR (the VPC is IPv4) with an
 /// InternalIP to route to. Nodes without either are skipped (not yet ready
 /// for routing). Malformed CIDRs are skipped with a warning.
-pub fn desired_routes(nodes: &[Node]) -> Vec<DesiredRoute> {
+pub fn desired_routes<N: std::borrow::Borrow<Node>>(nodes: &[N]) -> Vec<DesiredRoute> {
     let mut out = Vec::new();
     for n in nodes {
+        let n = n.borrow();
         if n.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -196,65 +196,38 @@ pub fn has_route_condition(node: &Node) -> bool {
 }
 
 /// Runs the controller until `shutdown`: a sync every `period`, and soon
-/// after any change of a node's pod CIDRs or InternalIP (heartbeats and
-/// other status churn do not trigger syncs).
-pub async fn run(ctx: Arc<Context>, period: Duration, shutdown: Shutdown) {
+/// after any change of a node's pod CIDRs or InternalIP (the shared Node
+/// cache wakes it; heartbeats and other status churn do not).
+pub async fn run(ctx: Arc<Context>, cache: NodeCache, period: Duration, shutdown: Shutdown) {
     let (Some(_), Some(_)) = (&ctx.config.router_id, &ctx.config.cluster_cidr) else {
         tracing::info!("route controller disabled: router_id/cluster_cidr not configured");
         return;
     };
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let watch = tokio::spawn(watch_routing_inputs(ctx.kube.clone(), changed.clone()));
+    // Before the first complete listing the cache is empty, and a sync
+    // then would find every route of ours stale.
+    tokio::select! {
+        ready = cache.ready() => if !ready { return },
+        _ = shutdown.wait() => return,
+    }
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = changed.notified() => {
+            _ = cache.routes_changed.notified() => {
                 // Let a burst of node changes settle into one sync.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             _ = shutdown.wait() => break,
         }
-        match sync(&ctx).await {
+        let nodes = cache.nodes();
+        tracing::debug!(nodes = nodes.len(), "route sync");
+        match sync(&ctx, &nodes).await {
             Ok(_) => ctx.metrics.record(NAME, "ok"),
             Err(e) => {
                 ctx.metrics.record(NAME, e.metric_label());
                 tracing::warn!(error = %e, "route sync failed");
             }
-        }
-    }
-    watch.abort();
-}
-
-async fn watch_routing_inputs(kube: kube::Client, changed: Arc<tokio::sync::Notify>) {
-    let api: Api<Node> = Api::all(kube);
-    let mut seen: BTreeMap<String, (Vec<String>, Option<String>)> = BTreeMap::new();
-    let key = |n: &Node| {
-        let spec = n.spec.as_ref();
-        let mut cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-        if let Some(c) = spec.and_then(|s| s.pod_cidr.clone()) {
-            cidrs.push(c);
-        }
-        (cidrs, provider::internal_ip(n).map(str::to_string))
-    };
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
-    while let Some(ev) = stream.next().await {
-        let fire = match ev {
-            Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
-                let k = key(&n);
-                seen.insert(n.name_any(), k.clone()) != Some(k)
-            }
-            Ok(watcher::Event::Delete(n)) => seen.remove(&n.name_any()).is_some(),
-            Ok(_) => false,
-            Err(e) => {
-                tracing::debug!(error = %e, "node watch error (retried)");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                false
-            }
-        };
-        if fire {
-            changed.notify_one();
         }
     }
 }
@@ -273,14 +246,14 @@ async fn router_unapplied(ctx: &Context, router: &str) -> Result<bool, Error> {
         .any(|r| r.router_id == router && r.is_applied == 0))
 }
 
-/// One route sync; returns the plan it applied.
-pub async fn sync(ctx: &Context) -> Result<RoutePlan, Error> {
+/// One route sync over `nodes` (every Node of the cluster); returns the
+/// plan it applied.
+pub async fn sync(ctx: &Context, nodes: &[Arc<Node>]) -> Result<RoutePlan, Error> {
     let cfg = &ctx.config;
     let (Some(router), Some(cluster_cidr)) = (&cfg.router_id, &cfg.cluster_cidr) else {
         return Ok(RoutePlan::default());
     };
     let api: Api<Node> = Api::all(ctx.kube.clone());
-    let nodes = api.list(&ListParams::default()).await?.items;
     let statics = ctx
         .cloud
         .describe_router_statics_all(&DescribeRouterStatics {
@@ -289,7 +262,7 @@ pub async fn sync(ctx: &Context) -> Result<RoutePlan, Error> {
             ..Default::default()
         })
         .await?;
-    let desired = desired_routes(&nodes);
+    let desired = desired_routes(nodes);
     let plan = plan_routes(&desired, &statics, cluster_cidr, &cfg.cluster_id);
     for (d, id) in &plan.conflicts {
         tracing::warn!(node = %d.node, cidr = %d.cidr, existing = %id, "pod CIDR already routed elsewhere by a static this cluster does not own; not touching it");
@@ -342,7 +315,7 @@ pub async fn sync(ctx: &Context) -> Result<RoutePlan, Error> {
             "routes updated"
         );
     }
-    for n in &nodes {
+    for n in nodes {
         if plan.routed.contains(&n.name_any()) && !has_route_condition(n) {
             let now = crate::context::now();
             // Strategic merge: conditions merge by type, other conditions stay.

@@ -8,12 +8,13 @@
 //! LB already gone. A Service that stops being ours (type or class changed)
 //! is cleaned up the same way without being deleted.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
@@ -33,6 +34,7 @@ use suite_runtime::Shutdown;
 use crate::annotations as ann;
 use crate::config::CloudConfig;
 use crate::context::{Context, Error};
+use crate::node_cache::NodeCache;
 
 /// Controller name (metrics, logs).
 pub const NAME: &str = "service";
@@ -244,19 +246,39 @@ pub fn cert_from_secret(secret: &Secret) -> Result<DesiredCert, TranslateError> 
 /// shutting down or uninitialised, not excluded by label, with our
 /// providerID. The one rule lives in lb-controller, shared with the
 /// Ingress controller.
-pub fn eligible_nodes(nodes: &[Node], provider_name: &str) -> BTreeMap<String, String> {
+pub fn eligible_nodes<N: Borrow<Node>>(
+    nodes: &[N],
+    provider_name: &str,
+) -> BTreeMap<String, String> {
     lb_controller::nodes::eligible_nodes(nodes, provider_name)
 }
 
-fn slices_of<'a>(
+/// The objects of `store` that satisfy `pred` (shared, not copied).
+fn matching<K>(store: &Store<K>, pred: impl Fn(&K) -> bool) -> Vec<Arc<K>>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store.state().into_iter().filter(|o| pred(o)).collect()
+}
+
+/// Whether an EndpointSlice belongs to `svc`.
+fn slice_of(svc: &Service, s: &EndpointSlice) -> bool {
+    s.namespace() == svc.namespace()
+        && s.labels()
+            .get("kubernetes.io/service-name")
+            .map(String::as_str)
+            == svc.metadata.name.as_deref()
+}
+
+fn slices_of<'a, S: Borrow<EndpointSlice>>(
     svc: &'a Service,
-    slices: &'a [EndpointSlice],
+    slices: &'a [S],
 ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-    let name = svc.name_any();
-    let ns = svc.namespace();
-    slices.iter().filter(move |s| {
-        s.namespace() == ns && s.labels().get("kubernetes.io/service-name") == Some(&name)
-    })
+    slices
+        .iter()
+        .map(Borrow::borrow)
+        .filter(move |s| slice_of(svc, s))
 }
 
 fn endpoint_ready(e: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
@@ -265,10 +287,23 @@ fn endpoint_ready(e: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
 
 /// Translates a Service into the desired LB (pure). `certs` maps the TLS
 /// Secret names of [`cert_secret_names`] to their content.
-pub fn translate(
+pub fn translate<N: Borrow<Node>, S: Borrow<EndpointSlice>>(
     svc: &Service,
-    nodes: &[Node],
-    slices: &[EndpointSlice],
+    nodes: &[N],
+    slices: &[S],
+    certs: &BTreeMap<String, DesiredCert>,
+    cfg: &CloudConfig,
+) -> Result<DesiredLb, TranslateError> {
+    let eligible = eligible_nodes(nodes, &cfg.provider_name);
+    translate_with(svc, &eligible, slices, certs, cfg)
+}
+
+/// [`translate`] with the eligible backend nodes already computed
+/// ([`eligible_nodes`]): a batch of Services computes them once.
+pub fn translate_with<S: Borrow<EndpointSlice>>(
+    svc: &Service,
+    eligible: &BTreeMap<String, String>,
+    slices: &[S],
     certs: &BTreeMap<String, DesiredCert>,
     cfg: &CloudConfig,
 ) -> Result<DesiredLb, TranslateError> {
@@ -301,7 +336,7 @@ pub fn translate(
         }
     };
     let local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let mut backend_nodes = eligible_nodes(nodes, &cfg.provider_name);
+    let mut backend_nodes = eligible.clone();
     if local && !pod_backends {
         // Only nodes running a ready endpoint: kube-proxy drops traffic elsewhere.
         let with_endpoints: BTreeSet<String> = slices_of(svc, slices)
@@ -608,10 +643,12 @@ pub fn translate(
     Ok(desired)
 }
 
-/// Stores the Service controller reads nodes and endpoint slices from.
+/// Stores the Service controller reads Services, nodes and endpoint slices from.
 #[derive(Clone)]
 pub struct ServiceInputs {
-    /// Nodes.
+    /// Services (slimmed; the periodic resync reads them from here).
+    pub services: Store<Service>,
+    /// Nodes (the CCM's shared Node cache).
     pub nodes: Store<Node>,
     /// EndpointSlices.
     pub slices: Store<EndpointSlice>,
@@ -622,6 +659,7 @@ pub struct ServiceInputs {
 impl std::fmt::Debug for ServiceInputs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceInputs")
+            .field("services", &self.services.len())
             .field("nodes", &self.nodes.len())
             .field("slices", &self.slices.len())
             .field("resync", &self.resync)
@@ -651,6 +689,11 @@ impl ServiceCtx {
             in_flight: InFlight::default(),
             ensured: Ensured::default(),
         }
+    }
+
+    /// The nodes eligible as LB backends now (instance id by node name).
+    pub fn eligible(&self) -> BTreeMap<String, String> {
+        eligible_nodes(&self.inputs.nodes.state(), &self.ctx.config.provider_name)
     }
 }
 
@@ -810,62 +853,86 @@ async fn set_ingress(api: &Api<Service>, svc: &Service, ips: &[String]) -> Resul
     Ok(())
 }
 
-/// Runs the controller until `shutdown`.
-pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
+/// Runs the controller until `shutdown`. Nodes come from the CCM's shared
+/// Node cache (`backends_changed` fires when the eligible backend set
+/// changes, and re-reconciles every Service); Services and EndpointSlices
+/// each have one slimmed reflector, run in their own tasks so the startup
+/// pass can wait for their stores, and feeding the work queue by reference.
+pub async fn run(
+    ctx: Arc<Context>,
+    nodes: NodeCache,
+    backends_changed: impl Stream<Item = ()> + Send + 'static,
+    resync: Duration,
+    shutdown: Shutdown,
+) {
     let client = ctx.kube.clone();
-    let (nodes, node_writer) = reflector::store::<Node>();
+    let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    // Any change to the set of eligible backend nodes re-reconciles every
-    // Service. The node reflector runs in its own task (not inside the
-    // Controller) so the startup pass below can wait for its store; a
-    // one-slot channel coalesces bursts of changes into one trigger.
-    let provider_name = ctx.config.provider_name.clone();
-    let mut last: Option<BTreeMap<String, String>> = None;
-    let node_store = nodes.clone();
-    let (mut trigger_tx, node_trigger) = futures::channel::mpsc::channel::<()>(1);
-    let node_reflector = tokio::spawn(
-        reflector::reflector(
-            node_writer,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(slim),
+    let (queue_tx, queue_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Service>>();
+    let svc_tx = queue_tx.clone();
+    let svc_reflector = tokio::spawn(
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
         )
+        .modify(slim)
         .default_backoff()
-        .touched_objects()
+        .reflect(svc_writer)
+        .applied_objects()
         .for_each(move |r| {
-            if r.is_ok() {
-                let now = eligible_nodes(
-                    &node_store
-                        .state()
-                        .iter()
-                        .map(|n| (**n).clone())
-                        .collect::<Vec<_>>(),
-                    &provider_name,
-                );
-                if last.as_ref() != Some(&now) {
-                    // Full: a trigger is already pending, which covers this change.
-                    let _ = trigger_tx.try_send(());
-                }
-                last = Some(now);
+            if let Ok(s) = r {
+                let _ = svc_tx.unbounded_send(ObjectRef::from_obj(&s));
             }
             futures::future::ready(())
         }),
     );
-    // The store feeds translation; the Controller's own slice watch below only triggers.
+    // A slice change re-reconciles its Service (the store feeds translation).
     let slice_reflector = tokio::spawn(
-        reflector::reflector(
-            slice_writer,
-            watcher(
-                Api::<EndpointSlice>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .modify(slim),
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
         )
+        .modify(slim)
         .default_backoff()
-        .for_each(|_| futures::future::ready(())),
+        .reflect(slice_writer)
+        .touched_objects()
+        .for_each(move |r| {
+            if let Ok(s) = r
+                && let Some(name) = s.labels().get("kubernetes.io/service-name")
+            {
+                let r = ObjectRef::<Service>::new(name);
+                let r = match s.namespace() {
+                    Some(ns) => r.within(&ns),
+                    None => r,
+                };
+                let _ = queue_tx.unbounded_send(r);
+            }
+            futures::future::ready(())
+        }),
     );
+    let stop_watches = move || {
+        svc_reflector.abort();
+        slice_reflector.abort();
+    };
+    // The first complete listings, waited for by this task alone (see
+    // `desired_for`); nothing reconciles before.
+    let listed = async {
+        nodes.ready().await;
+        let _ = services.wait_until_ready().await;
+        let _ = slices.wait_until_ready().await;
+    };
+    tokio::select! {
+        _ = listed => {}
+        _ = shutdown.wait() => {
+            stop_watches();
+            return;
+        }
+    }
     let sctx = Arc::new(ServiceCtx::new(
         ctx,
         ServiceInputs {
-            nodes,
+            services: services.clone(),
+            nodes: nodes.store,
             slices,
             resync,
         },
@@ -884,8 +951,7 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
             Err(e) => tracing::warn!(error = %e, "service startup resync failed"),
         },
         _ = shutdown.wait() => {
-            node_reflector.abort();
-            slice_reflector.abort();
+            stop_watches();
             return;
         }
     }
@@ -915,29 +981,19 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, shutdown: Shutdown) {
             }
         })
     };
-    let client_for_slices = client.clone();
-    Controller::new(Api::<Service>::all(client), watcher::Config::default())
-        .reconcile_all_on(node_trigger)
-        .watches(
-            Api::<EndpointSlice>::all(client_for_slices),
-            watcher::Config::default(),
-            |s: EndpointSlice| {
-                let ns = s.namespace();
-                s.labels().get("kubernetes.io/service-name").map(|name| {
-                    let r = ObjectRef::<Service>::new(name);
-                    match ns {
-                        Some(ns) => r.within(&ns),
-                        None => r,
-                    }
-                })
-            },
-        )
-        .graceful_shutdown_on(async move { shutdown.wait().await })
-        .run(reconcile, error_policy, sctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    slice_reflector.abort();
-    node_reflector.abort();
+    // The queue is fed by reference only: the reflectors above own the
+    // watches (no second watch of either kind inside the Controller).
+    Controller::for_stream(
+        futures::stream::pending::<Result<Service, watcher::Error>>(),
+        services,
+    )
+    .reconcile_on(queue_rx)
+    .reconcile_all_on(backends_changed)
+    .graceful_shutdown_on(async move { shutdown.wait().await })
+    .run(reconcile, error_policy, sctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+    stop_watches();
     resync_task.abort();
 }
 
@@ -1021,7 +1077,7 @@ pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Actio
         return Ok(Action::await_change());
     }
 
-    let desired = match desired_for(&svc, &sctx).await {
+    let desired = match desired_for(&svc, &sctx, None).await {
         Ok(d) => d,
         Err(e) => {
             sctx.ensured.forget(&key);
@@ -1073,13 +1129,16 @@ pub async fn reconcile(svc: Arc<Service>, sctx: Arc<ServiceCtx>) -> Result<Actio
 
 /// Translates `svc` with the reflected nodes and slices and its TLS Secrets;
 /// a translation error becomes a Warning Event naming the field.
-async fn desired_for(svc: &Service, sctx: &ServiceCtx) -> Result<DesiredLb, Error> {
+async fn desired_for(
+    svc: &Service,
+    sctx: &ServiceCtx,
+    eligible: Option<&BTreeMap<String, String>>,
+) -> Result<DesiredLb, Error> {
     let ctx = &sctx.ctx;
-    // Before the first node and slice listings arrive the stores are empty,
-    // and translating then would remove every backend of the LB. (An error
-    // means the writer is gone: nothing more will arrive, use what is there.)
-    let _ = sctx.inputs.nodes.wait_until_ready().await;
-    let _ = sctx.inputs.slices.wait_until_ready().await;
+    // The stores are complete here: `run` waits for the first Node, Service
+    // and slice listings before anything reconciles (translating with an
+    // empty store would remove every backend of the LB). No waiting here:
+    // a kube Store wakes only one of several concurrent waiters.
     let ns = svc.namespace().unwrap_or_default();
     let oref = svc.object_ref(&());
     let mut certs = BTreeMap::new();
@@ -1100,21 +1159,16 @@ async fn desired_for(svc: &Service, sctx: &ServiceCtx) -> Result<DesiredLb, Erro
             }
         }
     }
-    let nodes: Vec<Node> = sctx
-        .inputs
-        .nodes
-        .state()
-        .iter()
-        .map(|n| (**n).clone())
-        .collect();
-    let slices: Vec<EndpointSlice> = sctx
-        .inputs
-        .slices
-        .state()
-        .iter()
-        .map(|n| (**n).clone())
-        .collect();
-    match translate(svc, &nodes, &slices, &certs, &ctx.config) {
+    let computed;
+    let eligible = match eligible {
+        Some(e) => e,
+        None => {
+            computed = sctx.eligible();
+            &computed
+        }
+    };
+    let slices: Vec<Arc<EndpointSlice>> = matching(&sctx.inputs.slices, |s| slice_of(svc, s));
+    match translate_with(svc, eligible, &slices, &certs, &ctx.config) {
         Ok(d) => Ok(d),
         Err(e) => Err(invalid(ctx, &oref, e).await),
     }
@@ -1192,26 +1246,22 @@ pub struct ResyncReport {
     pub skipped: usize,
 }
 
-/// Re-ensures every LoadBalancer Service we own in one batch: one Service
-/// list, then lb-controller's `ensure_many`, which observes all LBs with
+/// Re-ensures every LoadBalancer Service we own in one batch: the Services
+/// from the reflected store, then lb-controller's `ensure_many`, which observes all LBs with
 /// batched Describe calls; an unchanged cloud gets no writes. Services not
 /// yet finalized or being deleted are left to the work queue.
 pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
     let ctx = &sctx.ctx;
-    let all: Api<Service> = Api::all(ctx.kube.clone());
-    let services: Vec<Service> = all
-        .list(&kube::api::ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|s| {
-            is_ours(s, &ctx.config.load_balancer_class)
-                && has_finalizer(s)
-                && s.metadata.deletion_timestamp.is_none()
-        })
-        .collect();
+    // (`run` waited for the stores; see `desired_for`.)
+    let services: Vec<Arc<Service>> = matching(&sctx.inputs.services, |s| {
+        is_ours(s, &ctx.config.load_balancer_class)
+            && has_finalizer(s)
+            && s.metadata.deletion_timestamp.is_none()
+    });
+    // Taken once for the whole batch.
+    let eligible = sctx.eligible();
     let mut report = ResyncReport::default();
-    let mut batch: Vec<(Service, DesiredLb)> = Vec::new();
+    let mut batch: Vec<(Arc<Service>, DesiredLb)> = Vec::new();
     // Held until the outcomes are recorded; Services the queue is working on
     // are left to it.
     let mut guards = Vec::new();
@@ -1224,7 +1274,7 @@ pub async fn resync_all(sctx: &ServiceCtx) -> Result<ResyncReport, Error> {
                 continue;
             }
         }
-        match desired_for(&s, sctx).await {
+        match desired_for(&s, sctx, Some(&eligible)).await {
             Ok(d) => batch.push((s, d)),
             Err(e) => {
                 sctx.ensured.forget(&key);

@@ -156,7 +156,6 @@ async fn lifecycle_deletes_gone_nodes_and_taints_stopped_ones_with_one_describe(
     let list = node_list(vec![n1.clone(), n2.clone(), n3.clone(), foreign]);
     let (r1, r2, r3) = (n1.clone(), n2.clone(), n3.clone());
     let (kube, api) = script(vec![
-        step("GET", "/api/v1/nodes", |_| {}, move |_| (200, list.clone())),
         event("default", "DeletingNode", "terminated"),
         step(
             "DELETE",
@@ -189,7 +188,7 @@ async fn lifecycle_deletes_gone_nodes_and_taints_stopped_ones_with_one_describe(
     ]);
     let ctx = cloud.context(kube, cloud.config().await);
     let before = cloud.calls("DescribeInstances");
-    lifecycle::pass(&ctx).await.unwrap();
+    lifecycle::pass(&ctx, &nodes_of(&list)).await.unwrap();
     assert_eq!(
         cloud.calls("DescribeInstances") - before,
         1,
@@ -262,7 +261,6 @@ async fn routes_are_created_in_one_batch_then_condition_set_and_idle_sync_writes
         );
     };
     let (kube, api) = script(vec![
-        step("GET", "/api/v1/nodes", |_| {}, move |_| (200, list.clone())),
         step("PATCH", "/api/v1/nodes/node-1/status", cond_check, |_| {
             (200, node_json("node-1", json!({})))
         }),
@@ -276,7 +274,7 @@ async fn routes_are_created_in_one_batch_then_condition_set_and_idle_sync_writes
         cloud.calls("DeleteRouterStatics"),
         cloud.calls("UpdateRouters"),
     );
-    let plan = routes::sync(&ctx).await.unwrap();
+    let plan = routes::sync(&ctx, &nodes_of(&list)).await.unwrap();
     assert_eq!(plan.add.len(), 2);
     assert_eq!(plan.delete.len(), 1);
     assert_eq!(
@@ -331,16 +329,11 @@ async fn routes_are_created_in_one_batch_then_condition_set_and_idle_sync_writes
         mk("node-1", "10.244.1.0/24", "172.30.1.11", true),
         mk("node-2", "10.244.2.0/24", "172.30.1.12", true),
     ]);
-    let (kube, api) = script(vec![step(
-        "GET",
-        "/api/v1/nodes",
-        |_| {},
-        move |_| (200, list.clone()),
-    )]);
+    let (kube, api) = script(vec![]);
     let ctx = cloud.context(kube, cloud.config().await);
     let writes = cloud.writes();
     let describes = cloud.calls("DescribeRouterStatics");
-    let plan = routes::sync(&ctx).await.unwrap();
+    let plan = routes::sync(&ctx, &nodes_of(&list)).await.unwrap();
     assert!(plan.is_noop());
     assert_eq!(cloud.writes(), writes, "idle sync made cloud writes");
     assert_eq!(cloud.calls("DescribeRouterStatics") - describes, 1);
@@ -368,18 +361,13 @@ async fn routes_are_created_in_one_batch_then_condition_set_and_idle_sync_writes
         mk("node-2", "10.244.2.0/24", "172.30.1.12", true),
         mk("node-3", "10.244.3.0/24", "172.30.1.13", true),
     ]);
-    let (kube, api) = script(vec![step(
-        "GET",
-        "/api/v1/nodes",
-        |_| {},
-        move |_| (200, list.clone()),
-    )]);
+    let (kube, api) = script(vec![]);
     let ctx = cloud.context(kube, cloud.config().await);
     let (adds, updates) = (
         cloud.calls("AddRouterStatics"),
         cloud.calls("UpdateRouters"),
     );
-    let plan = routes::sync(&ctx).await.unwrap();
+    let plan = routes::sync(&ctx, &nodes_of(&list)).await.unwrap();
     assert!(plan.is_noop());
     assert_eq!(cloud.calls("AddRouterStatics"), adds, "no static re-added");
     assert_eq!(
@@ -421,7 +409,12 @@ fn service_json(finalizer: bool, deleting: bool, ingress: Option<&str>) -> Value
     v
 }
 
-async fn service_ctx(cloud: &Cloud, kube: kube::Client) -> Arc<ServiceCtx> {
+/// The Service controller's context over `services_json` (its Service store).
+async fn service_ctx_with(
+    cloud: &Cloud,
+    kube: kube::Client,
+    services_json: Vec<Value>,
+) -> Arc<ServiceCtx> {
     let ctx = cloud.context(kube, cloud.config().await);
     let (nodes, mut writer) = reflector::store::<Node>();
     for name in ["node-1", "node-2"] {
@@ -434,14 +427,24 @@ async fn service_ctx(cloud: &Cloud, kube: kube::Client) -> Arc<ServiceCtx> {
         writer.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(n).unwrap()));
     }
     let (slices, _w) = reflector::store();
+    let (services, mut svc_writer) = reflector::store::<Service>();
+    for svc in services_json {
+        svc_writer
+            .apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(svc).unwrap()));
+    }
     Arc::new(ServiceCtx::new(
         ctx,
         ServiceInputs {
+            services,
             nodes,
             slices,
             resync: Duration::from_secs(300),
         },
     ))
+}
+
+async fn service_ctx(cloud: &Cloud, kube: kube::Client) -> Arc<ServiceCtx> {
+    service_ctx_with(cloud, kube, Vec::new()).await
 }
 
 async fn live_lbs(cloud: &Cloud) -> Vec<iaas_client::model::LoadBalancer> {
@@ -668,19 +671,16 @@ async fn batched_resync_of_many_services_makes_only_describes() {
     api.await.unwrap();
     assert_eq!(live_lbs(&cloud).await.len(), N);
 
-    // Idle resync: one Service list, batched Describes, no writes anywhere.
+    // Idle resync: Services from the store (no apiserver call), batched
+    // Describes, no writes anywhere.
     let ips = ips.lock().unwrap().clone();
-    let list = json!({
-        "apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "9"},
-        "items": (0..N).map(|i| named(i, Some(&ips[i]))).collect::<Vec<_>>(),
-    });
-    let (kube, api) = script(vec![step(
-        "GET",
-        "/api/v1/services",
-        |_| {},
-        move |_| (200, list.clone()),
-    )]);
-    let sctx = service_ctx(&cloud, kube).await;
+    let (kube, api) = script(vec![]);
+    let sctx = service_ctx_with(
+        &cloud,
+        kube,
+        (0..N).map(|i| named(i, Some(&ips[i]))).collect(),
+    )
+    .await;
     cloud.emu.reset_stats();
     let report = services::resync_all(&sctx).await.unwrap();
     assert_eq!(

@@ -73,7 +73,13 @@ fuzz_target!(|data: &[u8]| {
         ..Default::default()
     });
     let _ = cloud_provider::services::cert_secret_names(&svc);
-    if let Err(e) = cloud_provider::services::translate(&svc, &[], &[], &BTreeMap::new(), &cfg()) {
+    if let Err(e) = cloud_provider::services::translate_with(
+        &svc,
+        &BTreeMap::new(),
+        &[] as &[k8s_openapi::api::discovery::v1::EndpointSlice],
+        &BTreeMap::new(),
+        &cfg(),
+    ) {
         assert!(!e.to_string().is_empty());
     }
 });

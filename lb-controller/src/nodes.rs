@@ -50,18 +50,33 @@ fn tainted(n: &Node) -> bool {
 /// (traffic would be dropped), not excluded by [`EXCLUDE_LABEL`], and with
 /// a providerID of `provider_name` (another provider's node is no instance
 /// of ours and cannot be a backend).
-pub fn eligible_nodes(nodes: &[Node], provider_name: &str) -> BTreeMap<String, String> {
+pub fn eligible_nodes<N: std::borrow::Borrow<Node>>(
+    nodes: &[N],
+    provider_name: &str,
+) -> BTreeMap<String, String> {
     nodes
         .iter()
-        .filter(|n| n.metadata.deletion_timestamp.is_none())
-        .filter(|n| ready(n) && !tainted(n))
-        .filter(|n| !n.labels().contains_key(EXCLUDE_LABEL))
         .filter_map(|n| {
-            let pid = n.spec.as_ref()?.provider_id.as_deref()?;
-            let (_zone, id) = parse_provider_id(provider_name, pid)?;
-            Some((n.name_any(), id))
+            let n = n.borrow();
+            Some((n.name_any(), eligible_instance(n, provider_name)?))
         })
         .collect()
+}
+
+/// The instance id of one node if it may receive LB traffic (the test of
+/// [`eligible_nodes`] for one node, for callers that track nodes one event
+/// at a time).
+pub fn eligible_instance(n: &Node, provider_name: &str) -> Option<String> {
+    if n.metadata.deletion_timestamp.is_some()
+        || !ready(n)
+        || tainted(n)
+        || n.labels().contains_key(EXCLUDE_LABEL)
+    {
+        return None;
+    }
+    let pid = n.spec.as_ref()?.provider_id.as_deref()?;
+    let (_zone, id) = parse_provider_id(provider_name, pid)?;
+    Some(id)
 }
 
 #[cfg(test)]

@@ -167,9 +167,9 @@ async fn desired(
 ) -> anyhow::Result<lb_controller::DesiredLb> {
     let svc = service()?;
     let slices = vec![endpoint_slice(&pods[..2])?];
-    Ok(cloud_provider::services::translate(
+    Ok(cloud_provider::services::translate_with(
         &svc,
-        &[],
+        &BTreeMap::new(),
         &slices,
         &BTreeMap::new(),
         config,

@@ -247,6 +247,16 @@ pub fn merge(a: &mut Value, b: Value) {
     }
 }
 
+/// The Nodes of a [`node_list`], as the shared Node cache hands them out.
+pub fn nodes_of(list: &Value) -> Vec<std::sync::Arc<k8s_openapi::api::core::v1::Node>> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| std::sync::Arc::new(serde_json::from_value(n.clone()).unwrap()))
+        .collect()
+}
+
 pub fn node_list(items: Vec<Value>) -> Value {
     json!({ "apiVersion": "v1", "kind": "NodeList", "metadata": { "resourceVersion": "10" }, "items": items })
 }

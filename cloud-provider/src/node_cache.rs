@@ -18,31 +18,26 @@
 //! a change missed while the watch was down still fires, and an unchanged
 //! re-list fires nothing.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
+use lb_controller::nodes::PerNode;
 use tokio::sync::Notify;
 
 use crate::provider;
 
-/// What the controllers derive from one Node.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct Derived {
-    /// Pod CIDRs, InternalIP and whether the node is being deleted: the
-    /// route controller's inputs.
-    routing: (Vec<String>, Option<String>, bool),
-    /// The instance id when the node may be an LB backend.
-    eligible: Option<String>,
-}
-
-fn derive(n: &Node, provider_name: &str) -> Derived {
+/// The route controller's inputs from one Node: pod CIDRs and InternalIP
+/// (`None` when it has neither, or is being deleted: no route either way).
+fn routing(n: &Node) -> Option<(Vec<String>, Option<String>)> {
+    if n.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
     let spec = n.spec.as_ref();
     let mut cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
     if let Some(c) = spec.and_then(|s| s.pod_cidr.clone())
@@ -50,14 +45,8 @@ fn derive(n: &Node, provider_name: &str) -> Derived {
     {
         cidrs.push(c);
     }
-    Derived {
-        routing: (
-            cidrs,
-            provider::internal_ip(n).map(str::to_string),
-            n.metadata.deletion_timestamp.is_some(),
-        ),
-        eligible: lb_controller::nodes::eligible_instance(n, provider_name),
-    }
+    let ip = provider::internal_ip(n).map(str::to_string);
+    (!cidrs.is_empty() || ip.is_some()).then_some((cidrs, ip))
 }
 
 /// Drops what no CCM controller reads from a cached Node: `managedFields`,
@@ -137,8 +126,8 @@ pub fn node_cache(
     let mut hub = Hub {
         ready_tx,
         provider_name,
-        derived: HashMap::new(),
-        relist: None,
+        routing: PerNode::default(),
+        eligible: PerNode::default(),
         routes_changed,
         init_tx,
         backends_tx,
@@ -171,9 +160,8 @@ struct Hub {
     /// Set at the end of the first complete listing.
     ready_tx: tokio::sync::watch::Sender<bool>,
     provider_name: String,
-    derived: HashMap<String, Derived>,
-    /// A re-list in progress: what it has seen so far.
-    relist: Option<HashMap<String, Derived>>,
+    routing: PerNode<(Vec<String>, Option<String>)>,
+    eligible: PerNode<String>,
     routes_changed: Arc<Notify>,
     init_tx: mpsc::UnboundedSender<Result<Node, watcher::Error>>,
     backends_tx: mpsc::Sender<()>,
@@ -181,74 +169,33 @@ struct Hub {
 
 impl Hub {
     fn on_event(&mut self, ev: watcher::Event<Node>) {
-        match ev {
-            watcher::Event::Init => self.relist = Some(HashMap::new()),
-            watcher::Event::InitApply(n) => {
-                self.offer_init(&n);
-                let d = derive(&n, &self.provider_name);
-                self.relist
-                    .get_or_insert_with(HashMap::new)
-                    .insert(n.name_any(), d);
-            }
-            watcher::Event::InitDone => {
-                let new = self.relist.take().unwrap_or_default();
-                let old = std::mem::replace(&mut self.derived, new);
-                let routes = !same_by(&old, &self.derived, |d| &d.routing);
-                let backends = !same_by(&old, &self.derived, |d| &d.eligible);
-                self.fire(routes, backends);
-                self.ready_tx.send_replace(true);
-            }
-            watcher::Event::Apply(n) => {
-                self.offer_init(&n);
-                let d = derive(&n, &self.provider_name);
-                let old = self.derived.insert(n.name_any(), d.clone());
-                let routes = old.as_ref().map(|o| &o.routing) != Some(&d.routing);
-                let backends =
-                    old.as_ref().and_then(|o| o.eligible.as_ref()) != d.eligible.as_ref();
-                self.fire(routes, backends);
-            }
-            watcher::Event::Delete(n) => {
-                if let Some(old) = self.derived.remove(&n.name_any()) {
-                    self.fire(true, old.eligible.is_some());
-                }
-            }
-        }
-    }
-
-    fn offer_init(&self, n: &Node) {
-        if crate::nodes::needs_init(n) && n.metadata.deletion_timestamp.is_none() {
+        if let watcher::Event::Apply(n) | watcher::Event::InitApply(n) = &ev
+            && crate::nodes::needs_init(n)
+            && n.metadata.deletion_timestamp.is_none()
+        {
             // Closed: the node controller is not running here.
             let _ = self.init_tx.unbounded_send(Ok(n.clone()));
         }
-    }
-
-    fn fire(&mut self, routes: bool, backends: bool) {
-        if routes {
+        if self.routing.on_event(&ev, routing) {
             self.routes_changed.notify_one();
         }
-        if backends {
+        let provider = &self.provider_name;
+        if self.eligible.on_event(&ev, |n| {
+            lb_controller::nodes::eligible_instance(n, provider)
+        }) {
             // Full: a trigger is already pending, which covers this change.
             let _ = self.backends_tx.try_send(());
         }
+        if matches!(ev, watcher::Event::InitDone) {
+            self.ready_tx.send_replace(true);
+        }
     }
-}
-
-/// Whether two per-Node maps agree on the part `f` picks (a Node missing
-/// on one side counts as a default value there).
-fn same_by<T: PartialEq + Default>(
-    a: &HashMap<String, Derived>,
-    b: &HashMap<String, Derived>,
-    f: impl Fn(&Derived) -> &T,
-) -> bool {
-    let none = T::default();
-    a.keys()
-        .chain(b.keys())
-        .all(|k| a.get(k).map(&f).unwrap_or(&none) == b.get(k).map(&f).unwrap_or(&none))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
     use serde_json::json;
 
     fn node(name: &str, cidr: &str, ip: &str, ready: &str) -> Node {
@@ -272,8 +219,8 @@ mod tests {
             Hub {
                 ready_tx: tokio::sync::watch::channel(false).0,
                 provider_name: "cloudsuite".into(),
-                derived: HashMap::new(),
-                relist: None,
+                routing: PerNode::default(),
+                eligible: PerNode::default(),
                 routes_changed: routes_changed.clone(),
                 init_tx,
                 backends_tx,

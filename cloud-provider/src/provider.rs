@@ -12,10 +12,10 @@ use std::str::FromStr;
 use iaas_client::model::Instance;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, Taint};
 
-/// Taint kubelet (`--cloud-provider=external`) puts on new nodes.
-pub const TAINT_UNINITIALIZED: &str = "node.cloudprovider.kubernetes.io/uninitialized";
-/// Taint for nodes whose instance is stopped.
-pub const TAINT_SHUTDOWN: &str = "node.cloudprovider.kubernetes.io/shutdown";
+/// The taints kubelet (`--cloud-provider=external`) puts on new nodes and
+/// the CCM on nodes whose instance is stopped (defined once, with the rule
+/// of which nodes may be LB backends).
+pub use lb_controller::nodes::{TAINT_SHUTDOWN, TAINT_UNINITIALIZED};
 /// Label: instance type.
 pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
 /// Label: zone.
@@ -43,16 +43,9 @@ pub fn provider_id(provider: &str, zone: &str, instance_id: &str) -> String {
 }
 
 /// Parses a providerID of `provider`: returns `(zone, instance id)`; `None`
-/// when it belongs to another provider or is malformed.
-pub fn parse_provider_id(provider: &str, id: &str) -> Option<(String, String)> {
-    let rest = id.strip_prefix(provider)?.strip_prefix("://")?;
-    let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let (zone, instance) = rest.split_once('/')?;
-    if instance.is_empty() || instance.contains('/') {
-        return None;
-    }
-    Some((zone.to_string(), instance.to_string()))
-}
+/// when it belongs to another provider or is malformed. (The one parser,
+/// shared with the Ingress controller.)
+pub use lb_controller::nodes::parse_provider_id;
 
 /// A way to find a Node's instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -2,10 +2,11 @@
 //! shared by the Service controller (cloud-controller-manager) and the
 //! Ingress controller, so both send traffic to the same set of instances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
+use kube::runtime::watcher;
 
 /// Taint the cloud-controller-manager puts on nodes whose instance is stopped.
 pub const TAINT_SHUTDOWN: &str = "node.cloudprovider.kubernetes.io/shutdown";
@@ -77,6 +78,78 @@ pub fn eligible_instance(n: &Node, provider_name: &str) -> Option<String> {
     let pid = n.spec.as_ref()?.provider_id.as_deref()?;
     let (_zone, id) = parse_provider_id(provider_name, pid)?;
     Some(id)
+}
+
+/// A value derived from each Node (its eligible instance id, its routing
+/// inputs), kept up to date from a Node watch one event at a time, so a
+/// controller learns whether the derived set changed without rescanning
+/// (or copying) every Node on every event. Nodes whose value is `None`
+/// are not kept.
+///
+/// A re-list (the watch restarted) is compared as a whole when it ends: a
+/// change missed while the watch was down counts, an unchanged re-list
+/// does not.
+#[derive(Debug)]
+pub struct PerNode<T> {
+    current: HashMap<String, T>,
+    relist: Option<HashMap<String, T>>,
+}
+
+impl<T> Default for PerNode<T> {
+    fn default() -> Self {
+        PerNode {
+            current: HashMap::new(),
+            relist: None,
+        }
+    }
+}
+
+impl<T: PartialEq> PerNode<T> {
+    /// Applies one watch event with `derive`; true when the derived set
+    /// changed (always false in the middle of a re-list).
+    pub fn on_event(
+        &mut self,
+        ev: &watcher::Event<Node>,
+        derive: impl Fn(&Node) -> Option<T>,
+    ) -> bool {
+        match ev {
+            watcher::Event::Init => {
+                self.relist = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(n) => {
+                if let Some(v) = derive(n) {
+                    self.relist
+                        .get_or_insert_with(HashMap::new)
+                        .insert(n.name_any(), v);
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                let new = self.relist.take().unwrap_or_default();
+                let changed = new != self.current;
+                self.current = new;
+                changed
+            }
+            watcher::Event::Apply(n) => {
+                let name = n.name_any();
+                match derive(n) {
+                    Some(v) => {
+                        let changed = self.current.get(&name) != Some(&v);
+                        self.current.insert(name, v);
+                        changed
+                    }
+                    None => self.current.remove(&name).is_some(),
+                }
+            }
+            watcher::Event::Delete(n) => self.current.remove(&n.name_any()).is_some(),
+        }
+    }
+
+    /// The current values by node name.
+    pub fn values(&self) -> &HashMap<String, T> {
+        &self.current
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +230,43 @@ mod tests {
                 ("b".to_string(), "i-2".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn per_node_reports_only_changes_of_the_derived_set() {
+        let mut t = PerNode::default();
+        let f = |n: &Node| eligible_instance(n, "cloudsuite");
+        let a = node("a", Some("cloudsuite://z1/i-a"), "True");
+        let b = node("b", Some("cloudsuite://z1/i-b"), "False");
+        assert!(!t.on_event(&watcher::Event::Init, f));
+        assert!(!t.on_event(&watcher::Event::InitApply(a.clone()), f));
+        assert!(!t.on_event(&watcher::Event::InitApply(b.clone()), f));
+        assert!(t.on_event(&watcher::Event::InitDone, f), "first listing");
+        assert!(
+            !t.on_event(&watcher::Event::Apply(a.clone()), f),
+            "heartbeat"
+        );
+        assert!(
+            !t.on_event(&watcher::Event::Apply(b.clone()), f),
+            "still not ready"
+        );
+        let b_ready = node("b", Some("cloudsuite://z1/i-b"), "True");
+        assert!(t.on_event(&watcher::Event::Apply(b_ready.clone()), f));
+        assert!(
+            t.on_event(&watcher::Event::Apply(b.clone()), f),
+            "not ready again"
+        );
+        assert!(
+            !t.on_event(&watcher::Event::Delete(b.clone()), f),
+            "was not eligible"
+        );
+        // Re-lists: unchanged fires nothing; one missing `a` fires.
+        for ev in [watcher::Event::Init, watcher::Event::InitApply(a.clone())] {
+            t.on_event(&ev, f);
+        }
+        assert!(!t.on_event(&watcher::Event::InitDone, f));
+        t.on_event(&watcher::Event::Init, f);
+        assert!(t.on_event(&watcher::Event::InitDone, f));
+        assert!(t.values().is_empty());
     }
 }

@@ -141,6 +141,10 @@ pub async fn run(walk: &mut Walk, client: &Client, pods: &[PodView], client_ns: 
     walk.all_passed()
 }
 
+fn arcs<T>(v: Vec<T>) -> Vec<std::sync::Arc<T>> {
+    v.into_iter().map(std::sync::Arc::new).collect()
+}
+
 async fn ensure(
     reconciler: &lb_controller::Reconciler,
     pods: &[PodView],
@@ -151,7 +155,8 @@ async fn ensure(
     *ca = tls.ca_pem.clone();
     let (ingress, services, slices) = objects(pods)?;
     let key = translate::lb_key(&ingress).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let secrets = [tls.secret];
+    let secrets = [std::sync::Arc::new(tls.secret)];
+    let (services, slices) = (arcs(services), arcs(slices));
     let snap = Snapshot {
         services: &services,
         slices: &slices,

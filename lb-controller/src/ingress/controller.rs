@@ -34,8 +34,8 @@ use suite_runtime::metrics::ReconcileMetrics;
 
 use super::annotations::{APPLIED_LB, FINALIZER};
 use super::translate::{
-    LbKey, Settings, Snapshot, TranslateError, eligible_nodes, is_ours, key_of, lb_key,
-    sort_by_precedence, translate,
+    LbKey, Settings, Snapshot, TranslateError, is_ours, key_of, lb_key, sort_by_precedence,
+    translate,
 };
 use crate::{DesiredLb, LbStatus, Reconciler};
 
@@ -481,22 +481,22 @@ fn members(
     out
 }
 
-/// Owned copies of the reflected translation inputs, taken once per
-/// reconcile (or once per resync for every LB).
+/// The reflected translation inputs, taken once per reconcile (or once per
+/// resync for every LB): shared pointers into the stores, not copies.
 struct Inputs {
-    services: Vec<Service>,
-    slices: Vec<EndpointSlice>,
-    nodes: Vec<Node>,
-    secrets: Vec<Secret>,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    nodes: Vec<Arc<Node>>,
+    secrets: Vec<Arc<Secret>>,
 }
 
 impl Inputs {
     fn take(stores: &Stores) -> Self {
         Inputs {
-            services: all(&stores.services),
-            slices: all(&stores.slices),
-            nodes: all(&stores.nodes),
-            secrets: all(&stores.secrets),
+            services: stores.services.state(),
+            slices: stores.slices.state(),
+            nodes: stores.nodes.state(),
+            secrets: stores.secrets.state(),
         }
     }
 
@@ -789,22 +789,18 @@ pub async fn run(
     .default_backoff()
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    // Tracked per Node event (never by rescanning the store).
     let provider = settings.provider_name.clone();
-    let node_store = nodes.clone();
-    let mut last = None;
+    let mut eligible = crate::nodes::PerNode::default();
     let node_trigger = reflector::reflector(
         node_w,
         watcher(Api::<Node>::all(kube.clone()), cfg()).modify(slim),
     )
     .default_backoff()
-    .touched_objects()
     .filter_map(move |r| {
-        let changed = r.is_ok() && {
-            let now = eligible_nodes(&all(&node_store), &provider);
-            let c = last.as_ref() != Some(&now);
-            last = Some(now);
-            c
-        };
+        let changed = r.is_ok_and(|ev| {
+            eligible.on_event(&ev, |n| crate::nodes::eligible_instance(n, &provider))
+        });
         futures::future::ready(changed.then_some(()))
     });
     let background = vec![

@@ -7,6 +7,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::annotations as ann;
 use super::translate::*;
 use crate::model::{BackendTarget, EipSource, LbNetwork, OwnerKind, PathMatch, Protocol};
@@ -102,6 +104,28 @@ impl World {
             secrets: vec![tls_secret("s1", CRT)],
         }
     }
+    /// The world as the controller's stores hand it out (shared pointers).
+    fn arcs(&self) -> Arcs {
+        fn arcs<T: Clone>(v: &[T]) -> Vec<Arc<T>> {
+            v.iter().cloned().map(Arc::new).collect()
+        }
+        Arcs {
+            services: arcs(&self.services),
+            slices: arcs(&self.slices),
+            nodes: arcs(&self.nodes),
+            secrets: arcs(&self.secrets),
+        }
+    }
+}
+
+struct Arcs {
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    nodes: Vec<Arc<Node>>,
+    secrets: Vec<Arc<Secret>>,
+}
+
+impl Arcs {
     fn snap(&self) -> Snapshot<'_> {
         Snapshot {
             services: &self.services,
@@ -120,7 +144,7 @@ fn one(ing: &Ingress, w: &World) -> Result<Translation, TranslateError> {
     translate(
         &lb_key(ing).unwrap(),
         std::slice::from_ref(ing),
-        &w.snap(),
+        &w.arcs().snap(),
         &settings(),
     )
 }
@@ -565,7 +589,7 @@ fn group_precedence_and_conflicts() {
     assert_eq!(key, LbKey::Group("shared".into()));
     let mut ms = vec![new.clone(), old.clone()];
     sort_by_precedence(&mut ms).unwrap();
-    let t = translate(&key, &ms, &w.snap(), &settings()).unwrap();
+    let t = translate(&key, &ms, &w.arcs().snap(), &settings()).unwrap();
     assert_eq!(t.desired.owner.kind, OwnerKind::IngressGroup);
     assert_eq!(t.desired.owner.namespace, "");
     let rules = &t.desired.listeners[0].rules;
@@ -603,7 +627,13 @@ fn group_default_backend_and_settings_from_first_member() {
         .insert(ann::SOURCE_RANGES.into(), "10.0.0.0/8".into());
     let mut ms = vec![a, b];
     sort_by_precedence(&mut ms).unwrap();
-    let t = translate(&LbKey::Group("shared".into()), &ms, &w.snap(), &settings()).unwrap();
+    let t = translate(
+        &LbKey::Group("shared".into()),
+        &ms,
+        &w.arcs().snap(),
+        &settings(),
+    )
+    .unwrap();
     assert_eq!(
         t.desired.listeners[0].default_backends[0].port, 30002,
         "b has the lower order"

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -102,13 +103,13 @@ impl Settings {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Snapshot<'a> {
     /// Services (all namespaces).
-    pub services: &'a [Service],
+    pub services: &'a [Arc<Service>],
     /// EndpointSlices (all namespaces).
-    pub slices: &'a [EndpointSlice],
+    pub slices: &'a [Arc<EndpointSlice>],
     /// Nodes.
-    pub nodes: &'a [Node],
+    pub nodes: &'a [Arc<Node>],
     /// TLS Secrets (all namespaces).
-    pub secrets: &'a [Secret],
+    pub secrets: &'a [Arc<Secret>],
 }
 
 fn annotation<'a>(ing: &'a Ingress, name: &str) -> Option<&'a str> {

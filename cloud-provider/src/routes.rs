@@ -209,16 +209,20 @@ pub async fn run(ctx: Arc<Context>, cache: NodeCache, period: Duration, shutdown
         ready = cache.ready() => if !ready { return },
         _ = shutdown.wait() => return,
     }
+    // The first listing's own wake-up is covered by the first sync, which
+    // runs at once (the interval's first tick).
+    let _ = tokio::time::timeout(Duration::ZERO, cache.routes_changed.notified()).await;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
             _ = tick.tick() => {}
             _ = cache.routes_changed.notified() => {
                 // Let a burst of node changes settle into one sync.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            _ = shutdown.wait() => break,
         }
         let nodes = cache.nodes();
         tracing::debug!(nodes = nodes.len(), "route sync");

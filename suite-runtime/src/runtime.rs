@@ -6,7 +6,9 @@
 //! (64 MiB of address space each, and resident pages that are rarely given
 //! back). These processes are controllers and node agents that wait on the
 //! network almost all the time, so two workers are plenty, and the arena
-//! count is what decides idle RSS. Measured by `footprint`
+//! count is what decides idle RSS. A trimmer thread also hands freed heap
+//! pages back every 30 s, so the peak of a burst does not stay resident.
+//! Measured by `footprint`
 //! (tests/src/bin/footprint.rs, docs/BENCHMARKS.md).
 //!
 //! ```no_run
@@ -36,6 +38,10 @@ pub const MAX_BLOCKING_THREADS: usize = 64;
 /// glibc malloc arenas kept when `MALLOC_ARENA_MAX` is not set.
 pub const DEFAULT_ARENA_MAX: i32 = 2;
 
+/// How often free heap memory is handed back to the kernel when
+/// `SUITE_MALLOC_TRIM_SECS` does not say otherwise.
+pub const DEFAULT_TRIM_SECS: u64 = 30;
+
 /// How the runtime is built; [`RuntimeOptions::from_env`] gives the suite's
 /// defaults with the environment's overrides applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,11 @@ pub struct RuntimeOptions {
     pub max_blocking_threads: usize,
     /// glibc malloc arena limit; `None` leaves malloc alone.
     pub malloc_arena_max: Option<i32>,
+    /// Period of `malloc_trim(0)`; `None` never trims. glibc keeps the
+    /// pages a burst of work freed (a resync of 1,000 Services, a startup
+    /// listing) resident until something trims them; a controller that
+    /// then idles would carry its peak forever.
+    pub malloc_trim_every: Option<std::time::Duration>,
 }
 
 impl Default for RuntimeOptions {
@@ -57,6 +68,7 @@ impl Default for RuntimeOptions {
             thread_stack_size: THREAD_STACK_SIZE,
             max_blocking_threads: MAX_BLOCKING_THREADS,
             malloc_arena_max: Some(DEFAULT_ARENA_MAX),
+            malloc_trim_every: Some(std::time::Duration::from_secs(DEFAULT_TRIM_SECS)),
         }
     }
 }
@@ -66,11 +78,16 @@ impl RuntimeOptions {
     /// number) for busy deployments, and leaving malloc alone when the
     /// operator set glibc's own `MALLOC_ARENA_MAX`. An unparsable value is
     /// an error naming the variable, not a silent default.
+    /// `SUITE_MALLOC_TRIM_SECS` sets the trim period (0: never).
     pub fn from_env() -> Result<Self, String> {
-        Self::from_vars(
+        let mut o = Self::from_vars(
             std::env::var("SUITE_WORKER_THREADS").ok().as_deref(),
             std::env::var_os("MALLOC_ARENA_MAX").is_some(),
-        )
+        )?;
+        if let Ok(v) = std::env::var("SUITE_MALLOC_TRIM_SECS") {
+            o.malloc_trim_every = parse_trim(&v)?;
+        }
+        Ok(o)
     }
 
     fn from_vars(workers: Option<&str>, arena_env_set: bool) -> Result<Self, String> {
@@ -92,10 +109,13 @@ impl RuntimeOptions {
         Ok(o)
     }
 
-    /// Applies the malloc setting and builds the runtime (all drivers on).
+    /// Applies the malloc settings and builds the runtime (all drivers on).
     pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
         if let Some(n) = self.malloc_arena_max {
             limit_malloc_arenas(n);
+        }
+        if let Some(every) = self.malloc_trim_every {
+            spawn_trimmer(every)?;
         }
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.worker_threads.max(1))
@@ -137,6 +157,48 @@ pub fn limit_malloc_arenas(n: i32) {
     }
 }
 
+/// `SUITE_MALLOC_TRIM_SECS`: seconds between trims, 0 for never.
+fn parse_trim(v: &str) -> Result<Option<std::time::Duration>, String> {
+    match v.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) if n <= 86_400 => Ok(Some(std::time::Duration::from_secs(n))),
+        _ => Err(format!(
+            "SUITE_MALLOC_TRIM_SECS={v:?}: expected seconds from 0 (never) to 86400"
+        )),
+    }
+}
+
+/// Starts the thread that hands free heap pages back every `every`: a
+/// plain thread with a small stack, asleep between trims (a trim of an
+/// idle heap takes microseconds).
+fn spawn_trimmer(every: std::time::Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                trim_heap();
+            }
+        })
+        .map(|_| ())
+}
+
+/// Returns free pages of every malloc arena to the kernel (`malloc_trim(0)`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes glibc's arena locks itself and only
+    // releases memory that is free; it touches no allocation of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Returns free heap pages to the kernel (no-op: not glibc).
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim_heap() {}
+
 /// Caps glibc's malloc arenas (no-op: not glibc).
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn limit_malloc_arenas(_n: i32) {}
@@ -171,6 +233,31 @@ mod tests {
                 .unwrap()
                 .worker_threads,
             2
+        );
+    }
+
+    #[test]
+    fn trim_period_is_checked_and_named() {
+        assert_eq!(parse_trim("0"), Ok(None));
+        assert_eq!(
+            parse_trim(" 5 "),
+            Ok(Some(std::time::Duration::from_secs(5)))
+        );
+        for bad in ["-1", "soon", "100000"] {
+            assert!(
+                parse_trim(bad)
+                    .unwrap_err()
+                    .contains("SUITE_MALLOC_TRIM_SECS")
+            );
+        }
+        // A trim with live and freed allocations around is harmless.
+        let keep: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 64 << 10]).collect();
+        drop((0..64).map(|_| vec![0u8; 64 << 10]).collect::<Vec<_>>());
+        trim_heap();
+        assert!(
+            keep.iter()
+                .enumerate()
+                .all(|(i, v)| v.iter().all(|b| *b == i as u8))
         );
     }
 

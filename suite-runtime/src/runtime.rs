@@ -7,7 +7,7 @@
 //! back). These processes are controllers and node agents that wait on the
 //! network almost all the time, so two workers are plenty, and the arena
 //! count is what decides idle RSS. A trimmer thread also hands freed heap
-//! pages back every 30 s, so the peak of a burst does not stay resident.
+//! pages back every 10 s, so the peak of a burst does not stay resident.
 //! Measured by `footprint`
 //! (tests/src/bin/footprint.rs, docs/BENCHMARKS.md).
 //!
@@ -40,7 +40,7 @@ pub const DEFAULT_ARENA_MAX: i32 = 2;
 
 /// How often free heap memory is handed back to the kernel when
 /// `SUITE_MALLOC_TRIM_SECS` does not say otherwise.
-pub const DEFAULT_TRIM_SECS: u64 = 30;
+pub const DEFAULT_TRIM_SECS: u64 = 10;
 
 /// How the runtime is built; [`RuntimeOptions::from_env`] gives the suite's
 /// defaults with the environment's overrides applied.

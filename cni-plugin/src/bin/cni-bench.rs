@@ -130,24 +130,51 @@ struct Figures {
     burst_duplicates: usize,
 }
 
-fn measure(s: &Subject, tag: &str, iterations: usize, burst: usize) -> Figures {
-    let node = Ns::new(format!("cseb-{tag}-node-{}", std::process::id()));
-    let mut adds = Vec::new();
-    let mut dels = Vec::new();
-    // Warm the page cache and the lease dir once, untimed.
-    {
-        let p = Ns::new(format!("cseb-{tag}-warm-{}", std::process::id()));
-        run(s, &node.0, "ADD", "warm", &p.path());
-        run(s, &node.0, "DEL", "warm", &p.path());
+/// Measures both subjects with their timed steps interleaved: every
+/// sequential ADD + DEL pair of one is followed by the same pair of the
+/// other, so load from elsewhere on the machine hits both alike (run one
+/// after the other, a drift of the load between the two runs would show
+/// up as a difference of the plugins). The bursts follow, one each.
+fn measure_both(subjects: [&Subject; 2], iterations: usize, burst: usize) -> [Figures; 2] {
+    let tags = ["o", "r"];
+    let nodes = tags.map(|t| Ns::new(format!("cseb-{t}-node-{}", std::process::id())));
+    let mut adds: [Vec<Duration>; 2] = Default::default();
+    let mut dels: [Vec<Duration>; 2] = Default::default();
+    for k in 0..2 {
+        // Warm the page cache and the lease dir once, untimed.
+        let p = Ns::new(format!("cseb-{}-warm-{}", tags[k], std::process::id()));
+        run(subjects[k], &nodes[k].0, "ADD", "warm", &p.path());
+        run(subjects[k], &nodes[k].0, "DEL", "warm", &p.path());
     }
     for i in 0..iterations {
-        let p = Ns::new(format!("cseb-{tag}-s{i}-{}", std::process::id()));
-        let cid = format!("seq{i}");
-        adds.push(run(s, &node.0, "ADD", &cid, &p.path()).0);
-        dels.push(run(s, &node.0, "DEL", &cid, &p.path()).0);
+        for k in 0..2 {
+            let p = Ns::new(format!("cseb-{}-s{i}-{}", tags[k], std::process::id()));
+            let cid = format!("seq{i}");
+            adds[k].push(run(subjects[k], &nodes[k].0, "ADD", &cid, &p.path()).0);
+            dels[k].push(run(subjects[k], &nodes[k].0, "DEL", &cid, &p.path()).0);
+        }
     }
-    adds.sort();
-    dels.sort();
+    [0, 1].map(|k| {
+        let (adds, dels) = (&mut adds[k], &mut dels[k]);
+        adds.sort();
+        dels.sort();
+        let (burst_time, burst_duplicates) = burst_of(subjects[k], &nodes[k], tags[k], burst);
+        Figures {
+            add_min: adds[0],
+            add_p50: pct(adds, 0.5),
+            add_p99: pct(adds, 0.99),
+            del_min: dels[0],
+            del_p50: pct(dels, 0.5),
+            del_p99: pct(dels, 0.99),
+            burst: burst_time,
+            burst_duplicates,
+        }
+    })
+}
+
+/// `burst` concurrent ADDs on one node: the time until all answered, and
+/// the addresses handed out twice.
+fn burst_of(s: &Subject, node: &Ns, tag: &str, burst: usize) -> (Duration, usize) {
     let pods: Vec<Ns> = (0..burst)
         .map(|i| Ns::new(format!("cseb-{tag}-b{i}-{}", std::process::id())))
         .collect();
@@ -185,16 +212,7 @@ fn measure(s: &Subject, tag: &str, iterations: usize, burst: usize) -> Figures {
     for (i, p) in pods.iter().enumerate() {
         run(s, &node.0, "DEL", &format!("burst{i}"), &p.path());
     }
-    Figures {
-        add_min: adds[0],
-        add_p50: pct(&adds, 0.5),
-        add_p99: pct(&adds, 0.99),
-        del_min: dels[0],
-        del_p50: pct(&dels, 0.5),
-        del_p99: pct(&dels, 0.99),
-        burst: burst_time,
-        burst_duplicates,
-    }
+    (burst_time, burst_duplicates)
 }
 
 fn main() {
@@ -256,8 +274,7 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let mine = measure(&ours, "o", iterations, burst);
-    let theirs = measure(&reference, "r", iterations, burst);
+    let [mine, theirs] = measure_both([&ours, &reference], iterations, burst);
     drop(data);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -306,8 +323,9 @@ fn render(
          runtime does (CNI_* environment, network configuration on stdin) from a thread inside a \
          fresh node namespace, for fresh pod namespaces: {iterations} sequential ADD + DEL pairs, then \
          {burst} ADDs started at once on the same node (time until the last one exits; every address \
-         in the results must be distinct). Both plugins run in the same process, one after the other, \
-         on {cores} cores.\n"
+         in the results must be distinct). Both plugins run in the same process, their sequential \
+         pairs interleaved (each pair of ours followed by the same pair of the reference, so load \
+         drift hits both alike), then one burst each, on {cores} cores.\n"
     );
     let _ = writeln!(
         r,

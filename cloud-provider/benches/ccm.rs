@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Profiling: `CCM_BENCH_BIN` runs another build of the CCM (one with
-//! symbols) and `CCM_BENCH_WRAPPER` prefixes a command (`heaptrack -o F`).
+//! symbols) and `CCM_BENCH_WRAPPER` prefixes a command (`heaptrack -o F`);
+//! with a wrapper the RSS rows measure the wrapper, not the CCM.
 //!
 //! Everything it starts is owned by a guard (the CCM child is killed by PID,
 //! the control plane and the emulator are stopped, temp dirs removed), also
@@ -18,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,7 +83,9 @@ struct Args {
     bench: bool,
 }
 
-/// The CCM child process, killed by PID and reaped when dropped.
+/// The CCM child process, killed with its process group (its own, so a
+/// profiling wrapper and the CCM under it go together) and reaped when
+/// dropped.
 struct Ccm {
     child: Child,
     log: PathBuf,
@@ -118,7 +122,10 @@ impl Ccm {
 impl Drop for Ccm {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+            let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            if nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).is_err() {
+                let _ = self.child.kill();
+            }
         }
         let _ = self.child.wait();
     }
@@ -154,6 +161,7 @@ fn spawn_ccm(
     let mut argv: Vec<&str> = wrapper.split_whitespace().collect();
     argv.push(&bin);
     let child = Command::new(argv[0])
+        .process_group(0)
         .args(&argv[1..])
         .arg("--cloud-config")
         .arg(cloud_config)

@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cloud_provider::config::Flags;
 use cloud_provider::manager::run_controllers;
@@ -24,21 +24,7 @@ use suite_runtime::Shutdown;
 use suite_runtime::http::Health;
 use suite_runtime::leader::{LeaderConfig, run_while_leader};
 use suite_tests::control_plane::ControlPlane;
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use suite_tests::wait::eventually;
 
 fn flags() -> Flags {
     use clap::Parser;

@@ -18,7 +18,7 @@ mod ingress_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use iaas_client::actions::{DescribeLoadBalancerPolicies, DescribeLoadBalancers};
 use ingress_common::*;
@@ -33,24 +33,10 @@ use serde_json::json;
 use suite_runtime::Shutdown;
 use suite_runtime::metrics::ReconcileMetrics;
 use suite_tests::control_plane::ControlPlane;
+use suite_tests::wait::eventually;
 
 const NS: &str = "default";
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Stops the controller when the test ends, also on panic.
 struct Running(Shutdown, tokio::task::JoinHandle<()>);
@@ -232,7 +218,7 @@ async fn ingress_lifecycle_against_a_real_apiserver() -> anyhow::Result<()> {
         }))?,
     )
     .await?;
-    let first = eventually("first's status", || {
+    let first = eventually("first's status", WAIT, || {
         let ings = ings.clone();
         async move {
             let i = ings.get("first").await.ok()?;
@@ -284,7 +270,7 @@ async fn ingress_lifecycle_against_a_real_apiserver() -> anyhow::Result<()> {
             &Patch::Merge(tls_secret("tls-a", &crt2, &key2)),
         )
         .await?;
-    let after = eventually("certificate rotated", || {
+    let after = eventually("certificate rotated", WAIT, || {
         let env = &env;
         let before = before.clone();
         async move {
@@ -319,7 +305,7 @@ async fn ingress_lifecycle_against_a_real_apiserver() -> anyhow::Result<()> {
         }))?,
     )
     .await?;
-    let second_ip = eventually("second's status", || {
+    let second_ip = eventually("second's status", WAIT, || {
         let ings = ings.clone();
         async move { lb_ip(&ings.get("second").await.ok()?) }
     })
@@ -333,13 +319,13 @@ async fn ingress_lifecycle_against_a_real_apiserver() -> anyhow::Result<()> {
         ("b.example.com", "~/api", pod_b),
         ("c.example.com", "~/", pod_b),
     ]);
-    eventually("second's rules on the LB", || {
+    eventually("second's rules on the LB", WAIT, || {
         let (env, want) = (&env, &want);
         async move { (routes(env, 80).await.0 == *want).then_some(()) }
     })
     .await;
     let events: Api<Event> = Api::namespaced(kube.clone(), NS);
-    let conflict = eventually("RuleConflict event", || {
+    let conflict = eventually("RuleConflict event", WAIT, || {
         let events = events.clone();
         async move {
             events
@@ -364,7 +350,7 @@ async fn ingress_lifecycle_against_a_real_apiserver() -> anyhow::Result<()> {
     for name in ["first", "second"] {
         ings.delete(name, &DeleteParams::default()).await?;
     }
-    eventually("ingresses gone", || {
+    eventually("ingresses gone", WAIT, || {
         let ings = ings.clone();
         async move {
             let left: BTreeMap<String, ()> = ings

@@ -9,6 +9,7 @@ pub mod ingress_walk;
 pub mod lb_walk;
 pub mod netns;
 pub mod raw;
+pub mod wait;
 pub mod walk;
 
 use iaas_emulator::{Emulator, EmulatorConfig};

@@ -257,16 +257,9 @@ fn lb_service(name: &str) -> anyhow::Result<Service> {
     }))?)
 }
 
+/// The Service's first ingress address.
 fn ingress_ip(s: &Service) -> Option<String> {
-    s.status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .first()?
-        .ip
-        .clone()
+    cloud_provider::services::ingress_ips(s).into_iter().next()
 }
 
 /// A table row.

@@ -831,7 +831,8 @@ async fn set_finalizer(api: &Api<Service>, svc: &Service, present: bool) -> Resu
     Ok(())
 }
 
-fn ingress_ips(svc: &Service) -> Vec<String> {
+/// The addresses in a Service's `status.loadBalancer.ingress`.
+pub fn ingress_ips(svc: &Service) -> Vec<String> {
     svc.status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())

@@ -576,15 +576,7 @@ impl Ctx {
 }
 
 fn ingress_ip_of_service(s: &Service) -> Option<String> {
-    s.status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .first()?
-        .ip
-        .clone()
+    cloud_provider::services::ingress_ips(s).into_iter().next()
 }
 
 fn ingress_ip_of_ingress(i: &Ingress) -> Option<String> {

@@ -122,6 +122,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Pod MTU; `None` takes the node uplink's.
     pub mtu: Option<u32>,
+    /// Pod veths take the uplink's GSO/GRO limits (BIG TCP); the plugin's
+    /// `bigTCP`.
+    pub big_tcp: bool,
     /// Masquerade traffic leaving the VPC and cluster ranges.
     pub ip_masq: bool,
     /// Destinations never masqueraded (VPC and cluster CIDRs).
@@ -199,6 +202,10 @@ pub fn render_conflist(cfg: &AgentConfig, cidrs: &[Cidr], mtu: u32) -> String {
         "mtu": mtu,
         "dataDir": cfg.data_dir.display().to_string(),
     });
+    // Written only when off, so the default conflist's bytes stay as before.
+    if !cfg.big_tcp {
+        plugin["bigTCP"] = json!(false);
+    }
     if cfg.ip_masq {
         plugin["ipMasq"] = json!(true);
         plugin["nonMasqueradeCIDRs"] = json!(

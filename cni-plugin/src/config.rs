@@ -383,6 +383,8 @@ struct ConfWire {
     ip_masq: bool,
     #[serde(rename = "nonMasqueradeCIDRs")]
     non_masquerade_cidrs: Option<Vec<String>>,
+    #[serde(rename = "bigTCP")]
+    big_tcp: Option<bool>,
 }
 
 /// The network configuration from stdin, validated.
@@ -398,6 +400,13 @@ pub struct NetConf {
     pub pools: Vec<Pool>,
     /// Pod MTU; `None` takes the node uplink's.
     pub mtu: Option<u32>,
+    /// `bigTCP` (default true): create the pod's veth pair with the GSO/GRO
+    /// size limits of the node's uplink, so a NIC with BIG TCP (segments
+    /// above 64 KiB) carries the pod's traffic in segments as large; no
+    /// effect when the uplink has the legacy 64 KiB. `false` keeps the
+    /// kernel's defaults: for pods whose traffic enters a tunnel, which
+    /// cannot carry larger segments.
+    pub big_tcp: bool,
     /// `<dataDir>/<name>`: where leases live.
     pub lease_dir: PathBuf,
     /// `prevResult` (CHECK; DEL may carry it).
@@ -414,17 +423,32 @@ pub struct NetConf {
     pub non_masquerade: Vec<Cidr>,
 }
 
+/// Decodes the configuration; a value of the wrong type names its field
+/// (`bigTCP`, `ranges[0][1].subnet`).
+fn decode(bytes: &[u8]) -> CniResult<ConfWire> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let fail = |path: Option<String>, e: serde_json::Error| {
+        let msg = match path {
+            Some(p) if !(e.is_syntax() || e.is_eof()) && p != "." => {
+                format!("network configuration field {p} has the wrong type")
+            }
+            _ => "network configuration on stdin is not valid JSON".to_string(),
+        };
+        CniError::new(Code::Decode, msg).with_details(e.to_string())
+    };
+    let wire: ConfWire = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        fail(Some(path), e.into_inner())
+    })?;
+    de.end().map_err(|e| fail(None, e))?;
+    Ok(wire)
+}
+
 impl NetConf {
     /// Parses stdin. The version is read first so an error can be reported
     /// in the caller's version even when the rest is broken.
     pub fn parse(bytes: &[u8]) -> CniResult<Self> {
-        let wire: ConfWire = serde_json::from_slice(bytes).map_err(|e| {
-            CniError::new(
-                Code::Decode,
-                "network configuration on stdin is not valid JSON",
-            )
-            .with_details(e.to_string())
-        })?;
+        let wire: ConfWire = decode(bytes)?;
         let cni_version = wire
             .cni_version
             .ok_or_else(|| CniError::new(Code::InvalidConfig, "cniVersion is required"))?;
@@ -500,6 +524,7 @@ impl NetConf {
             name,
             pools,
             mtu: wire.mtu,
+            big_tcp: wire.big_tcp.unwrap_or(true),
             prev_result: wire.prev_result,
             valid_attachments: wire.valid_attachments,
             dns: wire.dns,
@@ -674,6 +699,9 @@ mod tests {
         assert_eq!(c.non_masquerade[0].to_string(), "172.31.0.0/16");
         assert!(c.non_masquerade[0].contains("172.31.200.1".parse().unwrap()));
         assert!(!c.non_masquerade[0].contains("172.32.0.1".parse().unwrap()));
+        assert!(c.big_tcp, "bigTCP defaults to on");
+        let c = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"k","bigTCP":false}"#).unwrap();
+        assert!(!c.big_tcp);
         for (conf, code, word) in [
             (&br#"{"#[..], Code::Decode, "JSON"),
             (br#"{"name":"k"}"#, Code::InvalidConfig, "cniVersion"),
@@ -684,6 +712,9 @@ mod tests {
             (br#"{"cniVersion":"1.0.0","name":"k","podCIDRs":["10.0.0.0/24","fd00::1/64"]}"#, Code::InvalidConfig, "podCIDRs[1]"),
             (br#"{"cniVersion":"1.0.0","name":"k","nonMasqueradeCIDRs":["10.0.0.0/33"]}"#, Code::InvalidConfig, "nonMasqueradeCIDRs[0]"),
             (br#"{"cniVersion":"1.0.0","name":"k","mtu":10}"#, Code::InvalidConfig, "mtu"),
+            (br#"{"cniVersion":"1.0.0","name":"k","bigTCP":"yes"}"#, Code::Decode, "bigTCP"),
+            (br#"{"cniVersion":"1.0.0","name":"k","ranges":[[{"subnet":7}]]}"#, Code::Decode, "ranges[0][0].subnet"),
+            (br#"{"cniVersion":"1.0.0","name":"k"} x"#, Code::Decode, "JSON"),
             (br#"{"cniVersion":"1.0.0","name":"k","dataDir":"/a/../b"}"#, Code::InvalidConfig, "dataDir"),
             (
                 br#"{"cniVersion":"1.0.0","name":"k","ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.0.1.1"}]]}"#,

@@ -79,6 +79,56 @@ pub struct LinkInfo {
     pub mac: Vec<u8>,
     /// MTU.
     pub mtu: u32,
+    /// GSO/GRO size limits.
+    pub offload: Offload,
+}
+
+/// The kernel's default GSO/GRO size limit (bytes): 64 KiB, what a TCP
+/// segment offload could always carry.
+pub const LEGACY_GSO_MAX_SIZE: u32 = 65_536;
+
+/// A link's GSO/GRO size limits (bytes). Since Linux 6.3 IPv4 has its own
+/// pair; above 64 KiB they are "BIG TCP".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    /// Largest IPv4 segment the stack builds for this link.
+    pub gso_ipv4: u32,
+    /// Largest IPv4 packet GRO assembles on this link.
+    pub gro_ipv4: u32,
+    /// The same for IPv6.
+    pub gso: u32,
+    /// The same for IPv6.
+    pub gro: u32,
+}
+
+impl Default for Offload {
+    fn default() -> Self {
+        Offload {
+            gso_ipv4: LEGACY_GSO_MAX_SIZE,
+            gro_ipv4: LEGACY_GSO_MAX_SIZE,
+            gso: LEGACY_GSO_MAX_SIZE,
+            gro: LEGACY_GSO_MAX_SIZE,
+        }
+    }
+}
+
+impl Offload {
+    /// Whether any limit is above the kernel's default (worth copying to a
+    /// new link).
+    pub fn is_big(&self) -> bool {
+        [self.gso_ipv4, self.gro_ipv4, self.gso, self.gro]
+            .iter()
+            .any(|v| *v > LEGACY_GSO_MAX_SIZE)
+    }
+
+    fn attributes(&self) -> [LinkAttribute; 4] {
+        [
+            LinkAttribute::GsoMaxSize(self.gso),
+            LinkAttribute::GroMaxSize(self.gro),
+            LinkAttribute::GsoIpv4MaxSize(self.gso_ipv4),
+            LinkAttribute::GroIpv4MaxSize(self.gro_ipv4),
+        ]
+    }
 }
 
 fn link_info(m: &LinkMessage) -> LinkInfo {
@@ -86,13 +136,27 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         index: m.header.index,
         mac: Vec::new(),
         mtu: 0,
+        offload: Offload::default(),
     };
+    // A kernel before 6.3 reports no IPv4 pair: its IPv4 limits are the
+    // shared ones, capped at 64 KiB.
+    let mut v4 = None;
     for a in &m.attributes {
         match a {
             LinkAttribute::Address(mac) => info.mac = mac.clone(),
             LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+            LinkAttribute::GsoMaxSize(v) => info.offload.gso = *v,
+            LinkAttribute::GroMaxSize(v) => info.offload.gro = *v,
+            LinkAttribute::GsoIpv4MaxSize(v) => v4.get_or_insert((0, 0)).0 = *v,
+            LinkAttribute::GroIpv4MaxSize(v) => v4.get_or_insert((0, 0)).1 = *v,
             _ => {}
         }
+    }
+    if let Some((gso, gro)) = v4 {
+        (info.offload.gso_ipv4, info.offload.gro_ipv4) = (gso, gro);
+    } else {
+        info.offload.gso_ipv4 = info.offload.gso.min(LEGACY_GSO_MAX_SIZE);
+        info.offload.gro_ipv4 = info.offload.gro.min(LEGACY_GSO_MAX_SIZE);
     }
     info
 }
@@ -116,8 +180,27 @@ pub fn mac_string(mac: &[u8]) -> String {
         .join(":")
 }
 
+/// What a pod's veth pair copies from the node's uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uplink {
+    /// The uplink's MTU, or [`FALLBACK_MTU`].
+    pub mtu: u32,
+    /// The uplink's GSO/GRO limits (the kernel defaults without an uplink).
+    pub offload: Offload,
+}
+
 /// The MTU of the interface carrying the default route, or [`FALLBACK_MTU`].
 pub async fn uplink_mtu(h: &Handle) -> CniResult<u32> {
+    Ok(uplink(h).await?.mtu)
+}
+
+/// The interface carrying the IPv4 default route: its MTU and GSO/GRO
+/// limits; [`FALLBACK_MTU`] and the kernel defaults when there is none.
+pub async fn uplink(h: &Handle) -> CniResult<Uplink> {
+    let none = Uplink {
+        mtu: FALLBACK_MTU,
+        offload: Offload::default(),
+    };
     let mut routes = h
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -139,14 +222,18 @@ pub async fn uplink_mtu(h: &Handle) -> CniResult<u32> {
         }
     }
     let Some(index) = oif else {
-        return Ok(FALLBACK_MTU);
+        return Ok(none);
     };
     let mut s = h.link().get().match_index(index).execute();
     match s.try_next().await {
-        Ok(Some(m)) => Ok(Some(link_info(&m).mtu)
-            .filter(|m| *m > 0)
-            .unwrap_or(FALLBACK_MTU)),
-        _ => Ok(FALLBACK_MTU),
+        Ok(Some(m)) => {
+            let info = link_info(&m);
+            Ok(Uplink {
+                mtu: Some(info.mtu).filter(|m| *m > 0).unwrap_or(FALLBACK_MTU),
+                offload: info.offload,
+            })
+        }
+        _ => Ok(none),
     }
 }
 
@@ -174,7 +261,11 @@ pub struct Attached {
 }
 
 /// Creates the veth pair and programs both ends. `host` and `pod` are
-/// handles whose sockets live in the node's and the pod's namespace.
+/// handles whose sockets live in the node's and the pod's namespace. Both
+/// ends are born with `offload`'s limits when they are above the kernel's
+/// defaults (BIG TCP from the uplink): set at creation, they cost no extra
+/// call.
+#[allow(clippy::too_many_arguments)]
 pub async fn setup(
     host: &Handle,
     pod: &Handle,
@@ -183,6 +274,7 @@ pub async fn setup(
     ifname: &str,
     ips: &[IpAddr],
     mtu: u32,
+    offload: Offload,
 ) -> CniResult<Attached> {
     let dual = ips.iter().any(IpAddr::is_ipv6);
     // A leftover of an interrupted earlier ADD for this same attachment.
@@ -198,16 +290,22 @@ pub async fn setup(
     // The peer is born inside the pod namespace under its final name, so no
     // rename and no temporary name ever appear on the host. (Creating it
     // with IFF_UP fails with ENOTCONN: each end is brought up afterwards.)
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(ifname.to_string())
         .mtu(mtu)
         .setns_by_fd(pod_ns.fd())
         .build();
-    let veth = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+    if offload.is_big() {
+        peer.attributes.extend(offload.attributes());
+    }
+    let mut veth = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(host_ifname.to_string())
         .mtu(mtu)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
+    if offload.is_big() {
+        veth.attributes.extend(offload.attributes());
+    }
     host.link()
         .add(veth)
         .execute()

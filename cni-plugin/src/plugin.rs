@@ -87,11 +87,31 @@ fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
     let outcome = rt.block_on(async {
         let host = connect()?;
         let pod = connect_in(&pod_ns)?;
-        let mtu = match conf.mtu {
-            Some(m) => m,
-            None => net::uplink_mtu(&host).await?,
+        // One look at the uplink serves both: the MTU unless configured,
+        // the GSO/GRO limits unless bigTCP is off.
+        let uplink = match (conf.mtu, conf.big_tcp) {
+            (Some(_), false) => None,
+            _ => Some(net::uplink(&host).await?),
         };
-        match net::setup(&host, &pod, &pod_ns, &host_ifname, &env.ifname, &ips, mtu).await {
+        let mtu = conf
+            .mtu
+            .or(uplink.map(|u| u.mtu))
+            .unwrap_or(net::FALLBACK_MTU);
+        let offload = uplink
+            .filter(|_| conf.big_tcp)
+            .map(|u| u.offload)
+            .unwrap_or_default();
+        let setup = net::setup(
+            &host,
+            &pod,
+            &pod_ns,
+            &host_ifname,
+            &env.ifname,
+            &ips,
+            mtu,
+            offload,
+        );
+        match setup.await {
             Ok(a) => Ok(a),
             Err(e) => {
                 // Undo: nothing of a failed ADD may stay behind.

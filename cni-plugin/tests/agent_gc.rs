@@ -42,6 +42,7 @@ fn reconcile_reclaims_dead_leases_and_keeps_live_ones() {
         plugin_source: plugin_bin().into(),
         data_dir: data.clone(),
         mtu: None,
+        big_tcp: true,
         ip_masq: false,
         non_masquerade: Vec::new(),
         resync: Duration::from_secs(60),

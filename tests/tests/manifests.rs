@@ -1700,6 +1700,7 @@ fn chart_renders_with_every_optional_knob_set() {
     values["ccm"]["nodeSelector"] =
         serde_yaml::from_str("{node-role.kubernetes.io/control-plane: ''}").unwrap();
     values["cni"]["ipMasq"]["enabled"] = Value::Bool(true);
+    values["cni"]["bigTCP"] = Value::Bool(false);
     let (objects, _) = render_chart(values);
     for o in &objects {
         check_typed(o, "chart (knobs set)");
@@ -1725,6 +1726,10 @@ fn chart_renders_with_every_optional_knob_set() {
     assert!(
         env.iter()
             .any(|e| e.name == "CNI_IP_MASQ" && e.value.as_deref() == Some("true"))
+    );
+    assert!(
+        env.iter()
+            .any(|e| e.name == "CNI_BIG_TCP" && e.value.as_deref() == Some("false"))
     );
 }
 

@@ -35,6 +35,7 @@ fn cfg(dir: &Path) -> AgentConfig {
         plugin_source: dir.join("src-plugin"),
         data_dir: dir.join("data"),
         mtu: None,
+        big_tcp: true,
         ip_masq: false,
         non_masquerade: Vec::new(),
         resync: Duration::from_secs(60),
@@ -94,6 +95,8 @@ fn the_conflist_is_what_the_plugin_accepts() {
     let conf = NetConf::parse(entry.to_string().as_bytes()).unwrap();
     assert_eq!(conf.pools.len(), 2);
     assert_eq!(conf.mtu, Some(1450));
+    assert!(conf.big_tcp, "BIG TCP from the uplink unless turned off");
+    assert!(entry.get("bigTCP").is_none(), "the default is not written");
     assert_eq!(conf.lease_dir, c.lease_dir());
     assert!(!conf.ip_masq);
     assert!(entry.get("nonMasqueradeCIDRs").is_none());
@@ -111,6 +114,9 @@ fn the_conflist_is_what_the_plugin_accepts() {
         text,
         "a config change is a content change"
     );
+    c.big_tcp = false;
+    let off: Value = serde_json::from_str(&render_conflist(&c, &cidrs, 1450)).unwrap();
+    assert_eq!(off["plugins"][0]["bigTCP"], false);
 }
 
 #[test]

@@ -41,6 +41,10 @@ struct Args {
     /// Pod MTU (default: the MTU of the node's default-route interface).
     #[arg(long, env = "CNI_MTU", value_parser = clap::value_parser!(u32).range(576..=65535))]
     mtu: Option<u32>,
+    /// Give pod veths the GSO/GRO size limits of the node's uplink (BIG TCP
+    /// when the NIC has it); `false` when pod traffic enters a tunnel.
+    #[arg(long, env = "CNI_BIG_TCP", default_value_t = true, action = clap::ArgAction::Set)]
+    big_tcp: bool,
     /// Masquerade pod traffic to destinations outside the non-masquerade CIDRs.
     #[arg(long, env = "CNI_IP_MASQ")]
     ip_masq: bool,
@@ -96,6 +100,7 @@ async fn run() -> ExitCode {
         plugin_source,
         data_dir: args.data_dir,
         mtu: args.mtu,
+        big_tcp: args.big_tcp,
         ip_masq: args.ip_masq,
         non_masquerade: args.non_masquerade,
         resync: Duration::from_secs(args.resync_seconds),

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Profiling: `CCM_BENCH_BIN` runs another build of the CCM (one with
-//! symbols) and `CCM_BENCH_WRAPPER` prefixes a command (`heaptrack -o F`);
+//! symbols), `CCM_BENCH_KEEP` keeps its logs after the run, and
+//! `CCM_BENCH_WRAPPER` prefixes a command (`heaptrack -o F`);
 //! with a wrapper the RSS rows measure the wrapper, not the CCM.
 //!
 //! Everything it starts is owned by a guard (the CCM child is killed by PID,
@@ -276,6 +277,9 @@ async fn main() -> anyhow::Result<()> {
         bail!("KUBE_APISERVER and ETCD must name the binaries (see docs/TESTING.md)");
     };
     let dir = tempfile::Builder::new().prefix("ccm-bench-").tempdir()?;
+    // CCM_BENCH_KEEP: keep the CCM logs (and the emulator's data) after
+    // the run, to read what a slowed or profiled CCM did.
+    let keep = std::env::var_os("CCM_BENCH_KEEP").is_some();
     let mut cfg = EmulatorConfig::for_tests(dir.path().join("emu"));
     // Room for every EIP of the run (loopback, never routed) and for the
     // next hops of thousands of nodes inside the managed vxnet.
@@ -286,7 +290,11 @@ async fn main() -> anyhow::Result<()> {
     let result = run(&args, &plane, &emu, dir.path(), &mut rows).await;
     emu.shutdown().await;
     drop(plane);
-    drop(dir);
+    if keep {
+        eprintln!("kept {}", dir.keep().display());
+    } else {
+        drop(dir);
+    }
     let report = report(&args, &rows, result.as_ref().err());
     println!("{report}");
     if let Some(out) = std::env::var_os("BENCH_REPORT_DIR") {

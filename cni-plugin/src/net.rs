@@ -632,4 +632,42 @@ mod tests {
         assert_ne!(a, host_veth_name("abc", "eth1"));
         assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
     }
+
+    fn link(attrs: Vec<LinkAttribute>) -> LinkInfo {
+        let mut m = LinkMessage::default();
+        m.attributes = attrs;
+        link_info(&m)
+    }
+
+    #[test]
+    fn offload_limits_are_read_per_family_and_copied_only_when_big() {
+        // Linux >= 6.3 reports the IPv4 pair apart.
+        let big = link(vec![
+            LinkAttribute::GsoMaxSize(65_536),
+            LinkAttribute::GroMaxSize(65_536),
+            LinkAttribute::GsoIpv4MaxSize(196_608),
+            LinkAttribute::GroIpv4MaxSize(196_608),
+        ]);
+        assert_eq!(big.offload.gso_ipv4, 196_608);
+        assert_eq!(big.offload.gso, 65_536);
+        assert!(big.offload.is_big());
+        // An older kernel: IPv4 uses the shared limits, capped at 64 KiB.
+        let old = link(vec![
+            LinkAttribute::GsoMaxSize(196_608),
+            LinkAttribute::GroMaxSize(65_536),
+        ]);
+        assert_eq!(old.offload.gso_ipv4, LEGACY_GSO_MAX_SIZE);
+        assert_eq!(old.offload.gso, 196_608);
+        assert!(old.offload.is_big(), "IPv6 BIG TCP still copies");
+        // Kernel defaults (or nothing reported): nothing to copy.
+        assert!(!link(vec![]).offload.is_big());
+        let legacy = link(vec![
+            LinkAttribute::GsoMaxSize(65_536),
+            LinkAttribute::GroMaxSize(65_536),
+            LinkAttribute::GsoIpv4MaxSize(65_536),
+            LinkAttribute::GroIpv4MaxSize(65_536),
+        ]);
+        assert_eq!(legacy.offload, Offload::default());
+        assert!(!legacy.offload.is_big());
+    }
 }

@@ -266,6 +266,21 @@ fn ingress_ip(s: &Service) -> Option<String> {
 /// A table row.
 struct Row(String, String, String);
 
+/// The CCM's RSS now. This is the release build (the default of
+/// `CCM_BENCH_BIN`); the idle goal is judged on the shipped dist build, in
+/// the Footprint section.
+fn rss_row(label: String, pid: u32) -> anyhow::Result<Row> {
+    let (rss, hwm) = rss_kib(pid)?;
+    Ok(Row(
+        label,
+        format!("{:.1} MiB", rss as f64 / 1024.0),
+        format!(
+            "VmHWM {:.1} MiB; release build (the idle goal, <= 15 MiB, is judged on the shipped dist build: see Footprint)",
+            hwm as f64 / 1024.0
+        ),
+    ))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -410,12 +425,10 @@ async fn run(
     // Idle with few objects: two resync periods after the nodes settled.
     tokio::time::sleep(Duration::from_secs(args.resync_secs * 2 + 1)).await;
     ccm.check_alive()?;
-    let (rss, hwm) = rss_kib(ccm.pid())?;
-    rows.push(Row(
+    rows.push(rss_row(
         "CCM idle RSS, few objects (3 nodes, 0 Services, 2 resync periods)".into(),
-        format!("{:.1} MiB", rss as f64 / 1024.0),
-        format!("VmHWM {:.1} MiB; goal <= 15 MiB", hwm as f64 / 1024.0),
-    ));
+        ccm.pid(),
+    )?);
     let services: Api<Service> = Api::namespaced(kube.clone(), "default");
 
     if args.default_qps_burst > 0 {
@@ -559,12 +572,10 @@ async fn run(
     rows.push(resync_row(args, args.burst, per, &c, &last));
     let first_ips = first_ips.lock().unwrap_or_else(|e| e.into_inner()).clone();
     rows.push(race_check(&cloud, &services, &first_ips, "burst-").await?);
-    let (rss, hwm) = rss_kib(ccm.pid())?;
-    rows.push(Row(
+    rows.push(rss_row(
         format!("CCM idle RSS ({} Services, 3 nodes, converged)", args.burst),
-        format!("{:.1} MiB", rss as f64 / 1024.0),
-        format!("VmHWM {:.1} MiB; goal <= 15 MiB", hwm as f64 / 1024.0),
-    ));
+        ccm.pid(),
+    )?);
 
     // 4. Grow to larger counts: idle resync and footprint at each.
     let mut have = args.burst;
@@ -584,12 +595,10 @@ async fn run(
         have = want;
         let (per, c, last) = idle_resyncs(args, &mut ccm, emu, &log).await?;
         rows.push(resync_row(args, want, per, &c, &last));
-        let (rss, hwm) = rss_kib(ccm.pid())?;
-        rows.push(Row(
+        rows.push(rss_row(
             format!("CCM idle RSS ({want} Services, 3 nodes, converged)"),
-            format!("{:.1} MiB", rss as f64 / 1024.0),
-            format!("VmHWM {:.1} MiB; goal <= 15 MiB", hwm as f64 / 1024.0),
-        ));
+            ccm.pid(),
+        )?);
     }
     drop(ccm);
 

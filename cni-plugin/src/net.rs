@@ -21,7 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -235,6 +237,65 @@ pub async fn uplink(h: &Handle) -> CniResult<Uplink> {
         }
         _ => Ok(none),
     }
+}
+
+/// Tunnel kinds: a segment routed into one is encapsulated whole, so it
+/// cannot be larger than the legacy 64 KiB.
+fn is_tunnel(kind: &InfoKind) -> bool {
+    matches!(
+        kind,
+        InfoKind::Vxlan
+            | InfoKind::Geneve
+            | InfoKind::GreTap
+            | InfoKind::GreTap6
+            | InfoKind::GreTun
+            | InfoKind::GreTun6
+            | InfoKind::IpIp
+            | InfoKind::Ip6Tnl
+            | InfoKind::SitTun
+            | InfoKind::Vti
+            | InfoKind::Vti6
+            | InfoKind::Xfrm
+            | InfoKind::Wireguard
+            | InfoKind::BareUdp
+            | InfoKind::Amt
+    )
+}
+
+/// The first tunnel device that is up in the namespace of `h`, as
+/// `name (kind)`. Pod traffic may be routed into one (an overlay, a
+/// WireGuard mesh, IPIP), where BIG TCP segments would be cut in software:
+/// with one present, pods keep the 64 KiB default. The fallback devices
+/// every namespace gets (`tunl0`, `sit0`, `gre0`...) are down and do not
+/// count.
+pub async fn tunnel_device(h: &Handle) -> CniResult<Option<String>> {
+    let links: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err("list links", e))?;
+    Ok(links.iter().find_map(|m| {
+        if !m.header.flags.contains(LinkFlags::Up) {
+            return None;
+        }
+        let kind = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                NlLinkInfo::Kind(k) => Some(k),
+                _ => None,
+            }),
+            _ => None,
+        })?;
+        if !is_tunnel(kind) {
+            return None;
+        }
+        let name = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.as_str()),
+            _ => None,
+        })?;
+        Some(format!("{name} ({kind})"))
+    }))
 }
 
 /// Sets a sysctl under /proc/sys of the current thread's namespace, writing

@@ -97,10 +97,16 @@ fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
             .mtu
             .or(uplink.map(|u| u.mtu))
             .unwrap_or(net::FALLBACK_MTU);
-        let offload = uplink
+        // BIG TCP only on a node without a tunnel that is up (see
+        // net::tunnel_device); the link listing is paid only when the
+        // uplink has it.
+        let mut offload = uplink
             .filter(|_| conf.big_tcp)
             .map(|u| u.offload)
             .unwrap_or_default();
+        if offload.is_big() && net::tunnel_device(&host).await?.is_some() {
+            offload = net::Offload::default();
+        }
         let setup = net::setup(
             &host,
             &pod,

@@ -381,8 +381,24 @@ async fn across(nodes: &[Node], pods: &[Pod]) -> anyhow::Result<String> {
             n.ns
         );
     }
+    // The pods' veths copy their node uplink's GSO limit (BIG TCP when
+    // the emulated NIC advertises it).
+    let a = pods.first().context("no pods")?;
+    let limits = |ns: &str| {
+        iaas_emulator::dataplane::network::gso_limits(ns, "eth0")
+            .map(|l| l.0)
+            .map_err(|e| anyhow::anyhow!("{}", e.0))
+    };
+    let (pod, uplink) = (limits(a.ns.name())?, limits(&a.node_ns)?);
+    ensure!(
+        pod == uplink,
+        "pod {} eth0 GSO limit {pod} differs from its node uplink's {uplink}",
+        a.ip
+    );
+    let big = if pod > 65_536 { ", BIG TCP" } else { "" };
     Ok(format!(
-        "{detail} via the VPC router; node links are veths only"
+        "{detail} via the VPC router; node links are veths only; pod segments up to {} KiB (the uplink's{big})",
+        pod / 1024
     ))
 }
 

@@ -17,9 +17,11 @@
 //! segments. The hand-built paths keep the kernel's 64 KiB; so do the VXLAN
 //! pods (`bigTCP: false`: a tunnel cannot carry larger segments), and a
 //! second routed pair with `bigTCP: false` shows the plugin's wiring alone
-//! against the hand-built one. Every pod is added before the bench brings
-//! the VXLAN tunnel up: with a tunnel up on its node, the plugin keeps the
-//! 64 KiB default (`net::tunnel_device`).
+//! against the hand-built one. The bench runs the plugin without its
+//! agent, which on a node with a tunnel up writes `bigTCP: false` for every
+//! pod (`net::tunnel_device`): the routed pods stand for pods on a node
+//! without a tunnel; the tunnel only shares the nodes so that all paths can
+//! take turns.
 //!
 //! Needs root and `ip`. Measured with our own TCP sender and receiver
 //! (threads entered into the namespaces with setns): each run sends
@@ -582,8 +584,9 @@ fn render(paths: &[Path4], bytes: u64, runs: usize, cores: usize) -> String {
          kernel-default 64 KiB GSO); a second plugin pair on the routed path runs with `bigTCP: \
          false` (the plugin's wiring alone); the VXLAN pods are wired by the plugin with `bigTCP: \
          false` (a tunnel cannot carry larger segments) and their cross-node route goes through a \
-         VXLAN tunnel between the same nodes over the same underlay (brought up after every pod was \
-         added: the plugin gives no pod BIG TCP while a tunnel is up on its node). The paths take turns in each \
+         VXLAN tunnel between the same nodes over the same underlay (the plugin runs without its agent, \
+         which turns BIG TCP off on a node with a tunnel up: the routed pods stand for pods on a node \
+         without one). The paths take turns in each \
          of {runs} rounds after one warm-up each; {cores} cores.\n",
         network::NIC_GSO_MAX_SIZE
     );

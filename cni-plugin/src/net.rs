@@ -265,9 +265,9 @@ fn is_tunnel(kind: &InfoKind) -> bool {
 /// The first tunnel device that is up in the namespace of `h`, as
 /// `name (kind)`. Pod traffic may be routed into one (an overlay, a
 /// WireGuard mesh, IPIP), where BIG TCP segments would be cut in software:
-/// with one present, pods keep the 64 KiB default. The fallback devices
-/// every namespace gets (`tunl0`, `sit0`, `gre0`...) are down and do not
-/// count.
+/// with one present, the agent writes `bigTCP: false` and pods keep the
+/// 64 KiB default. The fallback devices every namespace gets (`tunl0`,
+/// `sit0`, `gre0`...) are down and do not count.
 pub async fn tunnel_device(h: &Handle) -> CniResult<Option<String>> {
     let links: Vec<LinkMessage> = h
         .link()

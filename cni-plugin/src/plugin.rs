@@ -97,16 +97,12 @@ fn add(env: &Env, conf: &NetConf) -> CniResult<String> {
             .mtu
             .or(uplink.map(|u| u.mtu))
             .unwrap_or(net::FALLBACK_MTU);
-        // BIG TCP only on a node without a tunnel that is up (see
-        // net::tunnel_device); the link listing is paid only when the
-        // uplink has it.
-        let mut offload = uplink
+        // (The agent turns bigTCP off in the conflist while a tunnel is up
+        // on the node: a link listing per ADD would cost about a millisecond.)
+        let offload = uplink
             .filter(|_| conf.big_tcp)
             .map(|u| u.offload)
             .unwrap_or_default();
-        if offload.is_big() && net::tunnel_device(&host).await?.is_some() {
-            offload = net::Offload::default();
-        }
         let setup = net::setup(
             &host,
             &pod,

@@ -81,3 +81,65 @@ fn reconcile_reclaims_dead_leases_and_keeps_live_ones() {
     );
     assert!(cni(&node.name, "DEL", "live", Some(&pod.path()), &c).ok);
 }
+
+/// One agent pass in namespace `node`; returns the conflist's plugin entry.
+fn sync_in(node: &str, cfg: &AgentConfig) -> serde_json::Value {
+    let cfg2 = cfg.clone();
+    in_netns(node, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            let cidrs = [Cidr::parse("10.250.8.0/24").unwrap()];
+            let metrics = Metrics::register(&mut Default::default());
+            agent::sync_once(&cfg2, &cidrs, 1500, Some(&handle), &metrics)
+                .await
+                .unwrap();
+        })
+    });
+    let list: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.conflist_path()).unwrap()).unwrap();
+    list["plugins"][0].clone()
+}
+
+#[test]
+fn a_tunnel_up_on_the_node_turns_big_tcp_off_in_the_conflist() {
+    if !privileged() {
+        return;
+    }
+    let node = Ns::new("n");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AgentConfig {
+        node_name: "n1".into(),
+        network_name: "podnet".into(),
+        conf_dir: dir.path().join("net.d"),
+        bin_dir: dir.path().join("bin"),
+        plugin_source: plugin_bin().into(),
+        data_dir: dir.path().join("data"),
+        mtu: None,
+        big_tcp: true,
+        ip_masq: false,
+        non_masquerade: Vec::new(),
+        resync: Duration::from_secs(60),
+        gc_grace: Duration::ZERO,
+    };
+    // Every namespace has down fallback tunnels (tunl0, sit0...): no effect.
+    assert!(sync_in(&node.name, &cfg).get("bigTCP").is_none());
+    ip(&[
+        "-n", &node.name, "link", "add", "cnitvx0", "type", "vxlan", "id", "7", "dstport", "4789",
+    ]);
+    assert!(
+        sync_in(&node.name, &cfg).get("bigTCP").is_none(),
+        "a tunnel that is down does not count"
+    );
+    ip(&["-n", &node.name, "link", "set", "cnitvx0", "up"]);
+    assert_eq!(sync_in(&node.name, &cfg)["bigTCP"], false, "a tunnel is up");
+    ip(&["-n", &node.name, "link", "set", "cnitvx0", "down"]);
+    assert!(
+        sync_in(&node.name, &cfg).get("bigTCP").is_none(),
+        "down again"
+    );
+}

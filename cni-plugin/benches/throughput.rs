@@ -19,7 +19,7 @@
 //! second routed pair with `bigTCP: false` shows the plugin's wiring alone
 //! against the hand-built one. The bench runs the plugin without its
 //! agent, which on a node with a tunnel up writes `bigTCP: false` for every
-//! pod (`net::tunnel_device`): the routed pods stand for pods on a node
+//! pod (`net::up_tunnel`): the routed pods stand for pods on a node
 //! without a tunnel; the tunnel only shares the nodes so that all paths can
 //! take turns.
 //!

@@ -27,7 +27,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, WatchEvent, WatchParams};
 use prometheus_client::metrics::counter::Counter;
@@ -332,27 +332,6 @@ pub fn gc_leases(
     })?)
 }
 
-/// The link names of the current network namespace.
-pub async fn link_names(h: &rtnetlink::Handle) -> Result<HashSet<String>, AgentError> {
-    use rtnetlink::packet_route::link::LinkAttribute;
-    let msgs: Vec<_> = h
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| crate::error::nl_err("list links", e))?;
-    Ok(msgs
-        .iter()
-        .flat_map(|m| {
-            m.attributes.iter().filter_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-        })
-        .collect())
-}
-
 /// Waits until the Node has pod CIDR(s) and returns them: one GET, then a
 /// watch on that one object from the GET's resourceVersion (no polling);
 /// a watch that ends is resumed, an expired one (410) starts over.
@@ -479,10 +458,15 @@ pub async fn sync_once(
     // one is up on the node, new pods get the 64 KiB default. (Checked here,
     // once a resync, not by the plugin: listing 220 links took 1.4 ms,
     // more than half of an ADD.)
-    let tunnel = match netlink {
-        Some(h) if cfg.big_tcp => net::tunnel_device(h).await?,
-        _ => None,
+    // One listing of the node's links serves this and lease GC.
+    let links = match netlink {
+        Some(h) => Some(net::list_links(h).await?),
+        None => None,
     };
+    let tunnel = links
+        .as_deref()
+        .filter(|_| cfg.big_tcp)
+        .and_then(net::up_tunnel);
     let conflist = match &tunnel {
         Some(_) => render_conflist(
             &AgentConfig {
@@ -505,8 +489,11 @@ pub async fn sync_once(
             None => tracing::info!(path = %cfg.conflist_path().display(), "wrote the conflist"),
         }
     }
-    if let Some(h) = netlink {
-        let links = link_names(h).await?;
+    if let Some(links) = links {
+        let links: HashSet<String> = links
+            .iter()
+            .filter_map(|m| net::link_name(m).map(str::to_string))
+            .collect();
         let store = LeaseStore::open(&cfg.lease_dir())?;
         let freed = gc_leases(&store, &links, cfg.gc_grace)?;
         for l in &freed {

@@ -262,21 +262,32 @@ fn is_tunnel(kind: &InfoKind) -> bool {
     )
 }
 
-/// The first tunnel device that is up in the namespace of `h`, as
-/// `name (kind)`. Pod traffic may be routed into one (an overlay, a
-/// WireGuard mesh, IPIP), where BIG TCP segments would be cut in software:
-/// with one present, the agent writes `bigTCP: false` and pods keep the
-/// 64 KiB default. The fallback devices every namespace gets (`tunl0`,
-/// `sit0`, `gre0`...) are down and do not count.
-pub async fn tunnel_device(h: &Handle) -> CniResult<Option<String>> {
-    let links: Vec<LinkMessage> = h
-        .link()
+/// Every link of the namespace of `h`.
+pub async fn list_links(h: &Handle) -> CniResult<Vec<LinkMessage>> {
+    h.link()
         .get()
         .execute()
         .try_collect()
         .await
-        .map_err(|e| nl_err("list links", e))?;
-    Ok(links.iter().find_map(|m| {
+        .map_err(|e| nl_err("list links", e))
+}
+
+/// A link's name.
+pub fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// The first tunnel device among `links` that is up, as `name (kind)`. Pod
+/// traffic may be routed into one (an overlay, a WireGuard mesh, IPIP),
+/// where BIG TCP segments would be cut in software: with one present, the
+/// agent writes `bigTCP: false` and pods keep the 64 KiB default. The
+/// fallback devices every namespace gets (`tunl0`, `sit0`, `gre0`...) are
+/// down and do not count.
+pub fn up_tunnel(links: &[LinkMessage]) -> Option<String> {
+    links.iter().find_map(|m| {
         if !m.header.flags.contains(LinkFlags::Up) {
             return None;
         }
@@ -290,12 +301,8 @@ pub async fn tunnel_device(h: &Handle) -> CniResult<Option<String>> {
         if !is_tunnel(kind) {
             return None;
         }
-        let name = m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.as_str()),
-            _ => None,
-        })?;
-        Some(format!("{name} ({kind})"))
-    }))
+        Some(format!("{} ({kind})", link_name(m)?))
+    })
 }
 
 /// Sets a sysctl under /proc/sys of the current thread's namespace, writing

@@ -34,37 +34,9 @@ fn reconcile_reclaims_dead_leases_and_keeps_live_ones() {
     std::fs::write(leases.join("10.250.7.200"), "gone\neth0\n/nonexistent/ns\n").unwrap();
     std::fs::write(leases.join("10.250.7.201"), "").unwrap();
 
-    let cfg = AgentConfig {
-        node_name: "n1".into(),
-        network_name: "podnet".into(),
-        conf_dir: dir.path().join("net.d"),
-        bin_dir: dir.path().join("bin"),
-        plugin_source: plugin_bin().into(),
-        data_dir: data.clone(),
-        mtu: None,
-        big_tcp: true,
-        ip_masq: false,
-        non_masquerade: Vec::new(),
-        resync: Duration::from_secs(60),
-        gc_grace: Duration::ZERO,
-    };
+    let cfg = agent_config(dir.path(), &data);
     let metrics = Metrics::register(&mut Default::default());
-    let (cfg2, m2) = (cfg.clone(), metrics.clone());
-    in_netns(&node.name, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            let mtu = cni_plugin::net::uplink_mtu(&handle).await.unwrap();
-            let cidrs = [Cidr::parse("10.250.7.0/24").unwrap()];
-            agent::sync_once(&cfg2, &cidrs, mtu, Some(&handle), &m2)
-                .await
-                .unwrap();
-        })
-    });
+    sync_in(&node.name, &cfg, "10.250.7.0/24", &metrics);
     let mut left: Vec<String> = std::fs::read_dir(&leases)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -82,9 +54,28 @@ fn reconcile_reclaims_dead_leases_and_keeps_live_ones() {
     assert!(cni(&node.name, "DEL", "live", Some(&pod.path()), &c).ok);
 }
 
-/// One agent pass in namespace `node`; returns the conflist's plugin entry.
-fn sync_in(node: &str, cfg: &AgentConfig) -> serde_json::Value {
-    let cfg2 = cfg.clone();
+/// The agent's configuration for a test under `dir`.
+fn agent_config(dir: &std::path::Path, data: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        node_name: "n1".into(),
+        network_name: "podnet".into(),
+        conf_dir: dir.join("net.d"),
+        bin_dir: dir.join("bin"),
+        plugin_source: plugin_bin().into(),
+        data_dir: data.to_path_buf(),
+        mtu: None,
+        big_tcp: true,
+        ip_masq: false,
+        non_masquerade: Vec::new(),
+        resync: Duration::from_secs(60),
+        gc_grace: Duration::ZERO,
+    }
+}
+
+/// One agent pass in namespace `node` for pod CIDR `cidr`; returns the
+/// conflist's plugin entry.
+fn sync_in(node: &str, cfg: &AgentConfig, cidr: &str, metrics: &Metrics) -> serde_json::Value {
+    let (cfg2, m2, cidr) = (cfg.clone(), metrics.clone(), Cidr::parse(cidr).unwrap());
     in_netns(node, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -93,9 +84,8 @@ fn sync_in(node: &str, cfg: &AgentConfig) -> serde_json::Value {
         rt.block_on(async {
             let (conn, handle, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(conn);
-            let cidrs = [Cidr::parse("10.250.8.0/24").unwrap()];
-            let metrics = Metrics::register(&mut Default::default());
-            agent::sync_once(&cfg2, &cidrs, 1500, Some(&handle), &metrics)
+            let mtu = cni_plugin::net::uplink_mtu(&handle).await.unwrap();
+            agent::sync_once(&cfg2, &[cidr], mtu, Some(&handle), &m2)
                 .await
                 .unwrap();
         })
@@ -112,34 +102,20 @@ fn a_tunnel_up_on_the_node_turns_big_tcp_off_in_the_conflist() {
     }
     let node = Ns::new("n");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = AgentConfig {
-        node_name: "n1".into(),
-        network_name: "podnet".into(),
-        conf_dir: dir.path().join("net.d"),
-        bin_dir: dir.path().join("bin"),
-        plugin_source: plugin_bin().into(),
-        data_dir: dir.path().join("data"),
-        mtu: None,
-        big_tcp: true,
-        ip_masq: false,
-        non_masquerade: Vec::new(),
-        resync: Duration::from_secs(60),
-        gc_grace: Duration::ZERO,
-    };
+    let cfg = agent_config(dir.path(), &dir.path().join("data"));
+    let metrics = Metrics::register(&mut Default::default());
+    let sync = || sync_in(&node.name, &cfg, "10.250.8.0/24", &metrics);
     // Every namespace has down fallback tunnels (tunl0, sit0...): no effect.
-    assert!(sync_in(&node.name, &cfg).get("bigTCP").is_none());
+    assert!(sync().get("bigTCP").is_none());
     ip(&[
         "-n", &node.name, "link", "add", "cnitvx0", "type", "vxlan", "id", "7", "dstport", "4789",
     ]);
     assert!(
-        sync_in(&node.name, &cfg).get("bigTCP").is_none(),
+        sync().get("bigTCP").is_none(),
         "a tunnel that is down does not count"
     );
     ip(&["-n", &node.name, "link", "set", "cnitvx0", "up"]);
-    assert_eq!(sync_in(&node.name, &cfg)["bigTCP"], false, "a tunnel is up");
+    assert_eq!(sync()["bigTCP"], false, "a tunnel is up");
     ip(&["-n", &node.name, "link", "set", "cnitvx0", "down"]);
-    assert!(
-        sync_in(&node.name, &cfg).get("bigTCP").is_none(),
-        "down again"
-    );
+    assert!(sync().get("bigTCP").is_none(), "down again");
 }

@@ -4,7 +4,11 @@
 //! same run. Needs root and `ip`; the reference is Debian's
 //! containernetworking-plugins in /usr/lib/cni.
 //!
-//! Usage: `cargo build --release -p cni-plugin && cargo run --release -p cni-plugin --bin cni-bench -- [--iterations N] [--burst N] [--plugin PATH] [--reference-dir DIR]`
+//! Usage: `cargo build --release -p cni-plugin && cargo run --release -p cni-plugin --bin cni-bench -- [--iterations N] [--burst N] [--plugin PATH] [--reference-dir DIR] [--uplink-gso BYTES]`
+//!
+//! `--uplink-gso` gives each node an uplink (a veth holding the default
+//! route) with those GSO/GRO limits, so our plugin's ADD includes BIG TCP
+//! (the limits copied onto the pod's veth) as on a node whose NIC has it.
 //!
 //! With `BENCH_REPORT_DIR` set, also writes the `cni` section of
 //! docs/BENCHMARKS.md to `$BENCH_REPORT_DIR/cni.md` (scripts/bench).
@@ -130,14 +134,74 @@ struct Figures {
     burst_duplicates: usize,
 }
 
+/// Gives namespace `node` an uplink: a veth `up0` holding the default route,
+/// with GSO/GRO limits of `size` bytes (both families).
+fn add_uplink(node: &str, size: u32) {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    ip(&[
+        "-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
+    ]);
+    ip(&["-n", node, "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    ip(&["-n", node, "link", "set", "up0p", "up"]);
+    ip(&["-n", node, "link", "set", "up0", "up"]);
+    ip(&["-n", node, "route", "add", "default", "via", "192.0.2.254"]);
+    let node_path = format!("/var/run/netns/{node}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&node_path).expect("open node netns");
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter node netns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+            tokio::spawn(conn);
+            let link = h
+                .link()
+                .get()
+                .match_name("up0".to_string())
+                .execute()
+                .try_next()
+                .await
+                .expect("find up0")
+                .expect("up0 exists");
+            let mut msg = rtnetlink::LinkUnspec::new_with_index(link.header.index).build();
+            msg.attributes.extend([
+                LinkAttribute::GsoMaxSize(size),
+                LinkAttribute::GroMaxSize(size),
+                LinkAttribute::GsoIpv4MaxSize(size),
+                LinkAttribute::GroIpv4MaxSize(size),
+            ]);
+            h.link()
+                .set(msg)
+                .execute()
+                .await
+                .expect("set up0 GSO limits");
+        });
+    })
+    .join()
+    .expect("uplink thread");
+}
+
 /// Measures both subjects with their timed steps interleaved: every
 /// sequential ADD + DEL pair of one is followed by the same pair of the
 /// other, so load from elsewhere on the machine hits both alike (run one
 /// after the other, a drift of the load between the two runs would show
 /// up as a difference of the plugins). The bursts follow, one each.
-fn measure_both(subjects: [&Subject; 2], iterations: usize, burst: usize) -> [Figures; 2] {
+fn measure_both(
+    subjects: [&Subject; 2],
+    iterations: usize,
+    burst: usize,
+    uplink_gso: Option<u32>,
+) -> [Figures; 2] {
     let tags = ["o", "r"];
     let nodes = tags.map(|t| Ns::new(format!("cseb-{t}-node-{}", std::process::id())));
+    if let Some(size) = uplink_gso {
+        for n in &nodes {
+            add_uplink(&n.0, size);
+        }
+    }
     let mut adds: [Vec<Duration>; 2] = Default::default();
     let mut dels: [Vec<Duration>; 2] = Default::default();
     for k in 0..2 {
@@ -220,6 +284,7 @@ fn main() {
     let mut burst = 110usize;
     let mut plugin: Option<PathBuf> = None;
     let mut reference_dir = PathBuf::from("/usr/lib/cni");
+    let mut uplink_gso: Option<u32> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -228,6 +293,13 @@ fn main() {
             "--burst" => burst = val().parse().expect("--burst: a number"),
             "--plugin" => plugin = Some(PathBuf::from(val())),
             "--reference-dir" => reference_dir = PathBuf::from(val()),
+            "--uplink-gso" => {
+                uplink_gso = Some(
+                    val()
+                        .parse()
+                        .expect("--uplink-gso: a size in bytes, 65536..=524280"),
+                )
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -274,12 +346,18 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let [mine, theirs] = measure_both([&ours, &reference], iterations, burst);
+    let [mine, theirs] = measure_both([&ours, &reference], iterations, burst, uplink_gso);
     drop(data);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let report = render(&ours, &mine, &reference, &theirs, iterations, burst, cores);
+    let mut report = render(&ours, &mine, &reference, &theirs, iterations, burst, cores);
+    if let Some(size) = uplink_gso {
+        report.push_str(&format!(
+            "\nRun with `--uplink-gso {size}`: every node had an uplink with GSO/GRO limits of {size} \
+             bytes, which our ADD copied onto each pod's veth (BIG TCP).\n"
+        ));
+    }
     print!("{report}");
     if let Some(dir) = std::env::var_os("BENCH_REPORT_DIR") {
         let path = Path::new(&dir).join("cni.md");

@@ -85,6 +85,9 @@ pub struct EmulatorConfig {
     pub max_clock_skew_secs: i64,
     /// Existing hosts presented as instances (adopted at every start).
     pub adopted_instances: Vec<AdoptedHost>,
+    /// GSO/GRO size limit (bytes) the instance NICs of the network data
+    /// plane advertise: 65536 emulates a NIC without BIG TCP.
+    pub nic_gso_max_size: u32,
     /// Drivers used by jobs; not part of the YAML file.
     #[serde(skip, default = "DataPlane::noop")]
     pub data_plane: DataPlane,
@@ -126,6 +129,7 @@ impl Default for EmulatorConfig {
             credentials: None,
             max_clock_skew_secs: 60,
             adopted_instances: Vec::new(),
+            nic_gso_max_size: crate::dataplane::network::NIC_GSO_MAX_SIZE,
             data_plane: DataPlane::noop(),
         }
     }
@@ -175,6 +179,13 @@ impl EmulatorConfig {
             crate::util::Cidr::parse(v, true)
                 .map_err(|e| EmuError::Config(format!("{name}: {e}")))?;
         }
+        if !(65_536..=crate::dataplane::network::NIC_GSO_LIMIT).contains(&self.nic_gso_max_size) {
+            return bad(format!(
+                "nic_gso_max_size: {} is outside 65536..={} (a veth's largest)",
+                self.nic_gso_max_size,
+                crate::dataplane::network::NIC_GSO_LIMIT
+            ));
+        }
         if self.instances > 200 {
             return bad(format!(
                 "instances: {} is more than the vxnet holds (200)",
@@ -204,6 +215,23 @@ mod tests {
         assert_eq!(c.attach_limit, 10);
         assert_eq!(c.faults.job_delay_ms, Some(0));
         c.validate().unwrap();
+        assert_eq!(c.nic_gso_max_size, 196_608);
         assert!(serde_yaml::from_str::<EmulatorConfig>("zonee: x\n").is_err());
+        for (size, ok) in [
+            (65_536, true),
+            (524_280, true),
+            (65_535, false),
+            (1 << 20, false),
+        ] {
+            let c: EmulatorConfig =
+                serde_yaml::from_str(&format!("nic_gso_max_size: {size}\n")).unwrap();
+            match c.validate() {
+                Ok(()) => assert!(ok, "{size} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{size} rejected: {e}");
+                    assert!(e.to_string().contains("nic_gso_max_size"), "{e}");
+                }
+            }
+        }
     }
 }

@@ -164,7 +164,8 @@ async fn serve(data_dir: PathBuf, opts: ServeOpts) -> Result<(), String> {
         println!("control plane only (--control-plane-only): no disks, namespaces or proxies");
         cfg.data_plane = DataPlane::noop();
     } else {
-        let (dp, lines) = DataPlane::detect(&data_dir);
+        cfg.validate().map_err(|e| e.to_string())?;
+        let (dp, lines) = DataPlane::detect_with(&data_dir, cfg.nic_gso_max_size);
         for l in &lines {
             println!("{l}");
         }

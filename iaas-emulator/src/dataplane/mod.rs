@@ -244,6 +244,12 @@ impl DataPlane {
     /// The drivers this machine supports: real ones as root, `Noop` otherwise.
     /// Returns the drivers and one human line per kind saying which is in use.
     pub fn detect(data_dir: &std::path::Path) -> (Self, Vec<String>) {
+        Self::detect_with(data_dir, network::NIC_GSO_MAX_SIZE)
+    }
+
+    /// [`DataPlane::detect`] with instance NICs advertising
+    /// `nic_gso_max_size` bytes of GSO/GRO (`EmulatorConfig::nic_gso_max_size`).
+    pub fn detect_with(data_dir: &std::path::Path, nic_gso_max_size: u32) -> (Self, Vec<String>) {
         let mut plane = DataPlane::noop();
         let volumes_line = if disk::supported() {
             match disk::LoopVolumeDriver::new(data_dir) {
@@ -259,9 +265,16 @@ impl DataPlane {
         let network_line = if network::supported() {
             match network::NamespaceNetworkDriver::for_data_dir(data_dir) {
                 Ok(driver) => {
+                    let driver = driver.with_nic_gso_max_size(nic_gso_max_size);
+                    let big = if nic_gso_max_size > 65_536 {
+                        " (BIG TCP)"
+                    } else {
+                        ""
+                    };
                     let line = format!(
-                        "network: instances as network namespaces {}-<id> on VPC bridges",
-                        driver.prefix()
+                        "network: instances as network namespaces {}-<id> on VPC bridges; NICs take {} KiB segments{big}",
+                        driver.prefix(),
+                        nic_gso_max_size / 1024
                     );
                     plane.network = Arc::new(driver);
                     line

@@ -56,6 +56,9 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 /// 192 KiB segments across the VPC; a tunnel device cannot carry them.
 pub const NIC_GSO_MAX_SIZE: u32 = 196_608;
 
+/// The largest GSO size a veth takes (its `tso_max_size`).
+pub const NIC_GSO_LIMIT: u32 = 524_280;
+
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
@@ -172,6 +175,8 @@ pub struct NamespaceNetworkDriver {
     prefix: String,
     /// Serialises calls: each is a read-modify-write of kernel state.
     lock: Mutex<()>,
+    /// GSO/GRO limit of instance NICs and bridges ([`NIC_GSO_MAX_SIZE`]).
+    nic_gso_max_size: u32,
 }
 
 impl NamespaceNetworkDriver {
@@ -191,7 +196,15 @@ impl NamespaceNetworkDriver {
         Ok(NamespaceNetworkDriver {
             prefix: prefix.to_string(),
             lock: Mutex::new(()),
+            nic_gso_max_size: NIC_GSO_MAX_SIZE,
         })
+    }
+
+    /// The same driver with NICs advertising `size` bytes of GSO/GRO
+    /// (65536: a NIC without BIG TCP). Applied as instances come up.
+    pub fn with_nic_gso_max_size(mut self, size: u32) -> Self {
+        self.nic_gso_max_size = size;
+        self
     }
 
     /// A driver with the default prefix for this data dir ([`default_prefix`]).
@@ -380,10 +393,11 @@ impl NetworkDriver for NamespaceNetworkDriver {
         // the router sends through the bridge device, whose own limits stay
         // at the kernel's default unless set (after a port has joined: a
         // bridge takes its largest possible size from its ports).
-        set_gso_limits(&seg_ns, &port, NIC_GSO_MAX_SIZE)?;
-        set_gso_limits(&inst_ns, INSTANCE_IFNAME, NIC_GSO_MAX_SIZE)?;
+        let size = self.nic_gso_max_size;
+        set_gso_limits(&seg_ns, &port, size)?;
+        set_gso_limits(&inst_ns, INSTANCE_IFNAME, size)?;
         ip(&["-n", &seg_ns, "link", "set", &port, "master", &bridge, "up"])?;
-        set_gso_limits(&seg_ns, &bridge, NIC_GSO_MAX_SIZE)?;
+        set_gso_limits(&seg_ns, &bridge, size)?;
 
         let want = format!("{private}/{len}");
         let have = addresses(&inst_ns, INSTANCE_IFNAME)?;
@@ -943,6 +957,25 @@ mod tests {
             );
             d.shutdown().unwrap();
             assert!(d.namespaces().unwrap().is_empty());
+        }
+
+        #[test]
+        fn a_nic_without_big_tcp_can_be_emulated() {
+            let Some(g) = driver() else { return };
+            let d = Guard(
+                NamespaceNetworkDriver::new(&format!("{}s", g.0.prefix()))
+                    .unwrap()
+                    .with_nic_gso_max_size(65_536),
+            );
+            drop(g);
+            d.0.instance_up(&instance("i-sa", "172.30.1.11"), &vxnet())
+                .unwrap();
+            let legacy = (65_536, 65_536, 65_536, 65_536);
+            let ns = d.0.instance_netns("i-sa");
+            assert_eq!(gso_limits(&ns, INSTANCE_IFNAME).unwrap(), legacy);
+            let vpc = d.0.vpc_netns("rtr-t1");
+            let bridge = NamespaceNetworkDriver::bridge_name("vxnet-t1");
+            assert_eq!(gso_limits(&vpc, &bridge).unwrap(), legacy);
         }
 
         #[test]

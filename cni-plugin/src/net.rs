@@ -262,6 +262,20 @@ fn is_tunnel(kind: &InfoKind) -> bool {
     )
 }
 
+/// Sets the GSO/GRO limits of link `name` (an uplink in the benches).
+pub async fn set_offload(h: &Handle, name: &str, offload: Offload) -> CniResult<()> {
+    let link = find_link(h, name)
+        .await?
+        .ok_or_else(|| nl_err("find the link", name))?;
+    let mut msg = LinkUnspec::new_with_index(link.index).build();
+    msg.attributes.extend(offload.attributes());
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("set GSO/GRO limits of {name}"), e))
+}
+
 /// Every link of the namespace of `h`.
 pub async fn list_links(h: &Handle) -> CniResult<Vec<LinkMessage>> {
     h.link()

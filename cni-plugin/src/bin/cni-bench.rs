@@ -137,8 +137,6 @@ struct Figures {
 /// Gives namespace `node` an uplink: a veth `up0` holding the default route,
 /// with GSO/GRO limits of `size` bytes (both families).
 fn add_uplink(node: &str, size: u32) {
-    use futures::TryStreamExt;
-    use rtnetlink::packet_route::link::LinkAttribute;
     ip(&[
         "-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
     ]);
@@ -157,25 +155,13 @@ fn add_uplink(node: &str, size: u32) {
         rt.block_on(async {
             let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
             tokio::spawn(conn);
-            let link = h
-                .link()
-                .get()
-                .match_name("up0".to_string())
-                .execute()
-                .try_next()
-                .await
-                .expect("find up0")
-                .expect("up0 exists");
-            let mut msg = rtnetlink::LinkUnspec::new_with_index(link.header.index).build();
-            msg.attributes.extend([
-                LinkAttribute::GsoMaxSize(size),
-                LinkAttribute::GroMaxSize(size),
-                LinkAttribute::GsoIpv4MaxSize(size),
-                LinkAttribute::GroIpv4MaxSize(size),
-            ]);
-            h.link()
-                .set(msg)
-                .execute()
+            let all = cni_plugin::net::Offload {
+                gso_ipv4: size,
+                gro_ipv4: size,
+                gso: size,
+                gro: size,
+            };
+            cni_plugin::net::set_offload(&h, "up0", all)
                 .await
                 .expect("set up0 GSO limits");
         });

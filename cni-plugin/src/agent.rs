@@ -455,10 +455,9 @@ pub async fn sync_once(
         tracing::info!(dest = %cfg.bin_dir.display(), "installed the plugin binary");
     }
     // BIG TCP segments routed into a tunnel would be cut in software: while
-    // one is up on the node, new pods get the 64 KiB default. (Checked here,
-    // once a resync, not by the plugin: listing 220 links took 1.4 ms,
-    // more than half of an ADD.)
-    // One listing of the node's links serves this and lease GC.
+    // one is up on the node, new pods get the 64 KiB default. Checked here,
+    // once a resync, with the listing lease GC uses below; not by the plugin
+    // (listing 220 links took 1.4 ms, more than half of an ADD).
     let links = match netlink {
         Some(h) => Some(net::list_links(h).await?),
         None => None,
